@@ -1,0 +1,1 @@
+"""secprofiles: seccomp and AppArmor profiles as Kubernetes resources."""
