@@ -1,0 +1,60 @@
+"""One entry point to validate and render any profile object, used by the CLI, operator and agent."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from secprofiles import apparmor, apparmor_parser, bundled, schema, seccomp
+from secprofiles.findings import Finding, InvalidProfileError
+
+Rendered = seccomp.Rendered | apparmor.Rendered
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What validating and rendering one object gave: a rendering, or the findings that prevented it."""
+
+    rendered: Rendered | None
+    findings: tuple[Finding, ...]
+
+
+def _never_found(namespace: str, name: str) -> seccomp.Spec | None:
+    return None
+
+
+async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_found,
+                   use_parser: bool = True) -> Outcome:
+    """Validate ``obj`` fully (schema, semantics, base chain, AppArmor parser) and render it if valid.
+
+    Nothing invalid is ever rendered: ``rendered`` is None whenever ``findings`` is not empty.
+    """
+    kind = obj.get("kind")
+    try:
+        if kind == schema.SECCOMP_PROFILE:
+            findings = seccomp.validate(obj)
+            if findings:
+                return Outcome(None, tuple(findings))
+            meta = obj["metadata"]
+            rendered: Rendered = seccomp.render(meta.get("namespace", "default"), meta["name"], obj["spec"],
+                                                bundled.with_bundled(lookup))
+            return Outcome(rendered, ())
+        if kind == schema.APPARMOR_PROFILE:
+            findings = apparmor.validate(obj)
+            if findings:
+                return Outcome(None, tuple(findings))
+            rendered = apparmor.render(obj)
+            if use_parser and apparmor_parser.available():
+                findings = await apparmor_parser.check(rendered.content, rendered.profile_name)
+                if findings:
+                    return Outcome(None, tuple(findings))
+            return Outcome(rendered, ())
+    except InvalidProfileError as error:
+        return Outcome(None, tuple(error.findings))
+    return Outcome(None, tuple(schema.validate(obj)))
+
+
+def evaluate_sync(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_found,
+                  use_parser: bool = True) -> Outcome:
+    """``evaluate`` for synchronous callers (the CLI)."""
+    return asyncio.run(evaluate(obj, lookup, use_parser))

@@ -1,0 +1,158 @@
+"""The CRD files in ``crds/`` as the one source of the schemas, applied with jsonschema.
+
+The API server validates with the same openAPIV3Schema, so the CLI, the operator and the API server
+agree on what is valid. This module adds what the API server also does for structural schemas:
+defaults, and reporting (instead of silently pruning) fields the schema does not know.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+from secprofiles.findings import Finding, field_path
+
+GROUP = "secprofiles.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+SECCOMP_PROFILE = "SeccompProfile"
+APPARMOR_PROFILE = "AppArmorProfile"
+PROFILE_BINDING = "ProfileBinding"
+NODE_PROFILE_STATUS = "NodeProfileStatus"
+
+Object = dict[str, Any]
+
+
+@cache
+def crds() -> dict[str, Object]:
+    """Every CRD shipped with the package, by kind."""
+    found: dict[str, Object] = {}
+    for entry in resources.files("secprofiles").joinpath("data/crds").iterdir():
+        if entry.name.endswith(".yaml"):
+            crd = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            found[crd["spec"]["names"]["kind"]] = crd
+    return found
+
+
+def crd_for(kind: str) -> Object:
+    """The CRD of one kind; KeyError for kinds this project does not define."""
+    return crds()[kind]
+
+
+def is_namespaced(kind: str) -> bool:
+    """Whether objects of ``kind`` live in a namespace."""
+    return bool(crd_for(kind)["spec"]["scope"] == "Namespaced")
+
+
+def plural(kind: str) -> str:
+    """The resource name used in API paths, e.g. ``seccompprofiles``."""
+    return str(crd_for(kind)["spec"]["names"]["plural"])
+
+
+@cache
+def openapi_schema(kind: str) -> Object:
+    """The served version's openAPIV3Schema of ``kind``."""
+    (version,) = [v for v in crd_for(kind)["spec"]["versions"] if v["name"] == VERSION]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def enum_of(kind: str, *path: str) -> list[str]:
+    """The ``enum`` at a property path of a schema, e.g. the seccomp actions, in the CRD's order."""
+    node = openapi_schema(kind)
+    for part in path:
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return list(node["enum"])
+
+
+@cache
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = openapi_schema(kind)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    return cls(schema)
+
+
+def with_defaults(kind: str, obj: Object) -> Object:
+    """A copy of ``obj`` with the schema's defaults filled in, as the API server would store it."""
+    result = copy.deepcopy(obj)
+    _fill_defaults(openapi_schema(kind), result)
+    return result
+
+
+def _fill_defaults(schema: Object, value: Any) -> None:
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                _fill_defaults(sub, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            _fill_defaults(schema["items"], item)
+
+
+def validate(obj: Object) -> list[Finding]:
+    """Check ``obj`` against its kind's CRD schema; one finding per problem, named by field."""
+    kind = obj.get("kind")
+    if obj.get("apiVersion") != API_VERSION or kind not in crds():
+        return [Finding("kind", f"unknown kind {obj.get('apiVersion')}/{kind}; expected {API_VERSION} "
+                                f"and one of {', '.join(sorted(crds()))}")]
+    findings = [_finding(error) for error in _validator(kind).iter_errors(obj)]
+    findings += _unknown_fields(openapi_schema(kind), obj, [])
+    return sorted(set(findings))
+
+
+def _finding(error: jsonschema.ValidationError) -> Finding:
+    path: list[str | int] = list(error.absolute_path)
+    keyword, expected = error.validator, error.validator_value
+    if keyword == "required":
+        missing = next(name for name in expected if name not in error.instance)
+        return Finding(field_path([*path, missing]), "required field is missing")
+    if keyword in ("oneOf", "anyOf"):
+        names = [sub["required"][0] for sub in expected]
+        how = "exactly one" if keyword == "oneOf" else "at least one"
+        return Finding(field_path(path), f"set {how} of: {', '.join(names)}")
+    messages = {
+        "enum": lambda: f"unsupported value {error.instance!r}; allowed: {', '.join(map(str, expected))}",
+        "type": lambda: f"must be of type {expected}, got {type(error.instance).__name__}",
+        "pattern": lambda: f"invalid value {_short(error.instance)}: must match {expected}",
+        "maxLength": lambda: f"too long: {len(error.instance)} characters, at most {expected}",
+        "minLength": lambda: f"too short: at least {expected} characters",
+        "maxItems": lambda: f"too many items: {len(error.instance)}, at most {expected}",
+        "minItems": lambda: f"needs at least {expected} item(s)",
+        "maxProperties": lambda: f"too many entries: at most {expected}",
+        "minimum": lambda: f"{error.instance} is less than the minimum {expected}",
+        "maximum": lambda: f"{error.instance} is greater than the maximum {expected}",
+    }
+    message = messages[keyword]() if keyword in messages else error.message
+    return Finding(field_path(path), message)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…'"
+
+
+def _unknown_fields(schema: Object, value: Any, path: list[str | int]) -> list[Finding]:
+    """Fields the schema does not declare: the API server would drop them silently."""
+    if path == ["metadata"] or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[Finding] = []
+    if isinstance(value, dict) and "properties" in schema and "additionalProperties" not in schema:
+        for name, sub in value.items():
+            if name not in schema["properties"]:
+                found.append(Finding(field_path([*path, name]), "unknown field"))
+            else:
+                found += _unknown_fields(schema["properties"][name], sub, [*path, name])
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for name, sub in value.items():
+            found += _unknown_fields(schema["additionalProperties"], sub, [*path, name])
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            found += _unknown_fields(schema["items"], item, [*path, index])
+    return found

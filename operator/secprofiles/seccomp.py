@@ -1,0 +1,185 @@
+"""SeccompProfile: semantic checks, base-profile resolution and rendering to the node file.
+
+Pure logic: the caller supplies a lookup for other profiles (the CLI from files, the operator from
+its cache), so the same code decides validity everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from secprofiles import schema, syscalls
+from secprofiles.findings import Finding, InvalidProfileError
+
+NODE_SUBDIR = "secprofiles"
+BUNDLED_PREFIX = "bundled/"
+MAX_BASE_DEPTH = 10
+_ERRNO_ACTIONS = {"SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"}
+
+Spec = dict[str, Any]
+# (namespace, name) -> spec of that SeccompProfile, or None when there is none.
+ProfileLookup = Callable[[str, str], Spec | None]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The exact bytes a node needs, with their hash and where they go."""
+
+    content: bytes
+    content_hash: str
+    relative_path: str
+
+    @property
+    def localhost_profile(self) -> str:
+        """What pods put in ``securityContext.seccompProfile.localhostProfile``."""
+        return self.relative_path
+
+
+def relative_path(namespace: str, name: str) -> str:
+    """``secprofiles/<namespace>/<name>.json``: relative to ``<kubelet root>/seccomp``."""
+    return f"{NODE_SUBDIR}/{namespace}/{name}.json"
+
+
+def content_hash(content: bytes) -> str:
+    """The version pin of rendered bytes: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def check_spec(spec: Spec) -> list[Finding]:
+    """Semantic checks the schema cannot express (run after schema validation)."""
+    findings: list[Finding] = []
+    architectures = spec.get("architectures", [])
+    if spec.get("defaultAction") == "SCMP_ACT_NOTIFY":
+        findings.append(Finding("spec.defaultAction", _NOTIFY))
+    if "defaultErrnoRet" in spec and spec.get("defaultAction") not in _ERRNO_ACTIONS:
+        findings.append(Finding("spec.defaultErrnoRet", "only valid with defaultAction SCMP_ACT_ERRNO or SCMP_ACT_TRACE"))
+    plain: dict[str, tuple[str, int | None, int]] = {}
+    for index, rule in enumerate(spec.get("syscalls", [])):
+        where = f"spec.syscalls[{index}]"
+        action = rule.get("action")
+        if action == "SCMP_ACT_NOTIFY":
+            findings.append(Finding(f"{where}.action", _NOTIFY))
+        if "errnoRet" in rule and action not in _ERRNO_ACTIONS:
+            findings.append(Finding(f"{where}.errnoRet", "only valid with action SCMP_ACT_ERRNO or SCMP_ACT_TRACE"))
+        names, names_field = _rule_names(rule)
+        for position, name in enumerate(names):
+            field = f"{where}.{names_field}" + (f"[{position}]" if names_field == "names" else "")
+            if not syscalls.is_known(name, architectures):
+                on = ", ".join(architectures) if architectures else "any architecture libseccomp knows"
+                findings.append(Finding(field, f"unknown syscall {name!r}: not a syscall on {on}"))
+            if rule.get("args"):
+                continue
+            effect = (action, rule.get("errnoRet"), index)
+            earlier = plain.setdefault(name, effect)
+            if earlier[:2] != effect[:2]:
+                findings.append(Finding(field, f"syscall {name!r} already has action {earlier[0]} in "
+                                               f"spec.syscalls[{earlier[2]}]; one syscall, one action"))
+    return findings
+
+
+_NOTIFY = "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which secprofiles does not configure"
+
+
+def _rule_names(rule: Spec) -> tuple[list[str], str]:
+    if "names" in rule:
+        return list(rule["names"]), "names"
+    return ([rule["name"]] if "name" in rule else []), "name"
+
+
+def validate(obj: schema.Object) -> list[Finding]:
+    """Schema and semantic findings for one SeccompProfile object (base references not followed)."""
+    findings = schema.validate(obj)
+    if findings:
+        return findings
+    return check_spec(obj["spec"])
+
+
+def resolve_chain(namespace: str, name: str, spec: Spec, lookup: ProfileLookup) -> list[Spec]:
+    """The specs from the root base down to ``spec`` itself; raises InvalidProfileError on bad references."""
+    chain = [spec]
+    seen = [name]
+    current = spec
+    while base := current.get("baseProfileName"):
+        if base in seen:
+            cycle = " -> ".join([*seen, base])
+            raise InvalidProfileError([Finding("spec.baseProfileName", f"base profiles form a cycle: {cycle}")])
+        if len(chain) > MAX_BASE_DEPTH:
+            raise InvalidProfileError([Finding("spec.baseProfileName",
+                                               f"base profile chain deeper than {MAX_BASE_DEPTH}: {' -> '.join(seen)}")])
+        found = lookup(namespace, base)
+        if found is None:
+            where = "bundled with secprofiles" if base.startswith(BUNDLED_PREFIX) else f"in namespace {namespace!r}"
+            raise InvalidProfileError([Finding("spec.baseProfileName",
+                                               f"base profile {base!r} (via {seen[-1]!r}) not found {where}")])
+        problems = check_spec(found)
+        if problems:
+            detail = "; ".join(str(p) for p in problems)
+            raise InvalidProfileError([Finding("spec.baseProfileName", f"base profile {base!r} is invalid: {detail}")])
+        chain.append(found)
+        seen.append(base)
+        current = found
+    chain.reverse()
+    return chain
+
+
+def render(namespace: str, name: str, spec: Spec, lookup: ProfileLookup) -> Rendered:
+    """Render a valid SeccompProfile to its node file: deterministic OCI JSON, ``names`` only."""
+    problems = check_spec(spec)
+    if problems:
+        raise InvalidProfileError(problems)
+    chain = resolve_chain(namespace, name, spec, lookup)
+    document = _merge(chain)
+    content = (json.dumps(document, indent=2) + "\n").encode()
+    return Rendered(content, content_hash(content), relative_path(namespace, name))
+
+
+_RuleKey = tuple[str, int | None, tuple[tuple[int, int, int, str], ...]]
+
+
+def _merge(chain: list[Spec]) -> dict[str, Any]:
+    """Merge base-first: a later layer's rule for a syscall replaces every earlier rule for it."""
+    leaf = chain[-1]
+    groups: dict[_RuleKey, set[str]] = {}
+    for layer in chain:
+        layer_groups: dict[_RuleKey, set[str]] = {}
+        for rule in layer.get("syscalls", []):
+            key = (rule["action"], rule.get("errnoRet"), _args_key(rule.get("args", [])))
+            layer_groups.setdefault(key, set()).update(_rule_names(rule)[0])
+        overridden = {n for key, names in layer_groups.items() if not key[2] for n in names}
+        for names in groups.values():
+            names -= overridden
+        for key, names in layer_groups.items():
+            groups.setdefault(key, set()).update(names)
+
+    document: dict[str, Any] = {"defaultAction": leaf["defaultAction"]}
+    if "defaultErrnoRet" in leaf:
+        document["defaultErrnoRet"] = leaf["defaultErrnoRet"]
+    architectures = next((layer["architectures"] for layer in reversed(chain) if layer.get("architectures")), [])
+    if architectures:
+        document["architectures"] = sorted(set(architectures))
+    flags = sorted({flag for layer in chain for flag in layer.get("flags", [])})
+    if flags:
+        document["flags"] = flags
+    order = {action: i for i, action in enumerate(schema.enum_of(schema.SECCOMP_PROFILE, "spec", "defaultAction"))}
+    rules = [(key, sorted(names)) for key, names in groups.items() if names]
+    rules.sort(key=lambda r: (order[r[0][0]], -1 if r[0][1] is None else r[0][1], r[0][2], r[1]))
+    document["syscalls"] = [_rule_document(key, names) for key, names in rules]
+    return document
+
+
+def _args_key(args: Iterable[Spec]) -> tuple[tuple[int, int, int, str], ...]:
+    return tuple(sorted((a["index"], a.get("value", 0), a.get("valueTwo", 0), a["op"]) for a in args))
+
+
+def _rule_document(key: _RuleKey, names: list[str]) -> dict[str, Any]:
+    action, errno_ret, args = key
+    rule: dict[str, Any] = {"names": names, "action": action}
+    if errno_ret is not None:
+        rule["errnoRet"] = errno_ret
+    if args:
+        rule["args"] = [{"index": i, "value": v, "valueTwo": v2, "op": op} for i, v, v2, op in args]
+    return rule
