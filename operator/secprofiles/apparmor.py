@@ -66,9 +66,9 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
         return [Finding(field, f"policy is {len(policy.encode())} bytes; the limit is {MAX_POLICY_BYTES}")]
     findings: list[Finding] = []
     for lineno, line in enumerate(policy.split("\n"), 1):
-        bad = [c for c in line if (ord(c) < 32 and c != "\t") or ord(c) == 127]
-        if bad:
-            findings.append(Finding(field, f"line {lineno}: control character {bad[0]!r} is not allowed"))
+        controls = [c for c in line if (ord(c) < 32 and c != "\t") or ord(c) == 127]
+        if controls:
+            findings.append(_at(lineno, f"control character {controls[0]!r} is not allowed"))
     if findings:
         return findings
 
@@ -79,16 +79,14 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
         if not line:
             continue
 
-        def bad(message: str, at: int = lineno) -> None:
-            findings.append(Finding(field, f"line {at}: {message}"))
-
         if include := _INCLUDE.match(line):
             if not _INCLUDE_TARGET.match(include["target"]) or ".." in include["target"]:
-                bad(f"include {include['target']} is not allowed; only <abstractions/…>, <tunables/…> and <abi/…>")
+                findings.append(_at(lineno, f"include {include['target']} is not allowed; "
+                                            "only <abstractions/…>, <tunables/…> and <abi/…>"))
             continue
         if abi := _ABI.match(line):
             if not _INCLUDE_TARGET.match(abi["target"]) or not abi["target"].startswith("<abi/"):
-                bad(f"abi {abi['target']} is not allowed; only <abi/…>")
+                findings.append(_at(lineno, f"abi {abi['target']} is not allowed; only <abi/…>"))
             continue
         if depth == 0:
             if _VARIABLE.match(line):
@@ -96,7 +94,8 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
             header = _PROFILE.match(line)
             if header is None:
                 what = "hats" if line.startswith(("^", "hat ")) else "statement"
-                bad(f"unexpected top-level {what} {_clip(line)!r}; define one 'profile {name} {{ … }}'")
+                findings.append(_at(lineno, f"unexpected top-level {what} {_clip(line)!r}; "
+                                            f"define one 'profile {name} {{ … }}'"))
                 if line.endswith("{"):
                     depth += 1
                 continue
@@ -108,12 +107,12 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
             depth -= 1
             continue
         if line.endswith("{") or line.startswith(("^", "hat ", "profile ")):
-            bad("hats and child profiles are not allowed")
+            findings.append(_at(lineno, "hats and child profiles are not allowed"))
             depth += 1 if line.endswith("{") else 0
             continue
         if depth > 1:
             continue
-        findings.extend(Finding(field, f"line {lineno}: {m}") for m in _check_rule(line, name))
+        findings.extend(_at(lineno, message) for message in _check_rule(line, name))
     if depth != 0:
         findings.append(Finding(field, "unbalanced braces: a '{' is never closed"))
     if not profiles:
@@ -122,6 +121,10 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
         extra = ", ".join(f"{n!r} (line {at})" for at, n in profiles[1:])
         findings.append(Finding(field, f"defines {len(profiles)} profiles; only one is allowed (extra: {extra})"))
     return findings
+
+
+def _at(lineno: int, message: str) -> Finding:
+    return Finding("spec.policy", f"line {lineno}: {message}")
 
 
 def _strip_comment(line: str) -> str:

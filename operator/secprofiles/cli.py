@@ -93,7 +93,8 @@ def _render(args: argparse.Namespace) -> int:
     if args.name:
         docs = [d for d in docs if d.obj.get("metadata", {}).get("name") == args.name]
     if not docs:
-        return _usage(f"{args.file}: no SeccompProfile or AppArmorProfile" + (f" named {args.name!r}" if args.name else ""))
+        named = f" named {args.name!r}" if args.name else ""
+        return _usage(f"{args.file}: no SeccompProfile or AppArmorProfile{named}")
     if len(docs) > 1 and not args.output_dir:
         return _usage(f"{args.file} holds {len(docs)} profiles: choose one with --name or use --output-dir")
     specs = {(d.obj["metadata"].get("namespace", args.namespace), d.obj["metadata"].get("name")): d.obj["spec"]

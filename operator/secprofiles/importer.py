@@ -76,7 +76,7 @@ def import_seccomp(text: str, name: str, namespace: str | None, arch: str,
     if source.get("flags"):
         spec["flags"] = list(source["flags"])
 
-    rules = []
+    rules: list[dict[str, Any]] = []
     dropped: set[str] = set()
     for entry in source.get("syscalls") or []:
         includes, excludes = entry.get("includes") or {}, entry.get("excludes") or {}
@@ -133,12 +133,14 @@ def import_apparmor(text: str, name: str | None) -> Imported:
     mode = "complain" if "complain" in flags else "enforce"
     flags = [f for f in flags if f not in ("complain", "enforce")]
     if header["attach"] or header["path"]:
-        notes.append(f"dropped the attachment {(header['attach'] or header['path'])!r}: pods select the profile by name")
+        attachment = header["attach"] or header["path"]
+        notes.append(f"dropped the attachment {attachment!r}: pods select the profile by name")
     if original != object_name:
         notes.append(f"renamed profile {original!r} to {object_name!r}")
     new_header = f"{header['indent']}profile {object_name}" + (f" flags=({','.join(flags)})" if flags else "") + " {"
     policy = text[:header.start()] + new_header + text[header.end():]
+    policy = policy if policy.endswith("\n") else policy + "\n"
     obj = {"apiVersion": schema.API_VERSION, "kind": schema.APPARMOR_PROFILE, "metadata": {"name": object_name},
-           "spec": {"mode": mode, "policy": policy if policy.endswith("\n") else policy + "\n"}}
-    notes += [str(f) for f in apparmor.check_policy(object_name, obj["spec"]["policy"], mode)]
+           "spec": {"mode": mode, "policy": policy}}
+    notes += [str(f) for f in apparmor.check_policy(object_name, policy, mode)]
     return Imported(obj, notes)

@@ -56,7 +56,8 @@ def check_spec(spec: Spec) -> list[Finding]:
     if spec.get("defaultAction") == "SCMP_ACT_NOTIFY":
         findings.append(Finding("spec.defaultAction", _NOTIFY))
     if "defaultErrnoRet" in spec and spec.get("defaultAction") not in _ERRNO_ACTIONS:
-        findings.append(Finding("spec.defaultErrnoRet", "only valid with defaultAction SCMP_ACT_ERRNO or SCMP_ACT_TRACE"))
+        findings.append(Finding("spec.defaultErrnoRet",
+                                "only valid with defaultAction SCMP_ACT_ERRNO or SCMP_ACT_TRACE"))
     plain: dict[str, tuple[str, int | None, int]] = {}
     for index, rule in enumerate(spec.get("syscalls", [])):
         where = f"spec.syscalls[{index}]"
@@ -108,8 +109,9 @@ def resolve_chain(namespace: str, name: str, spec: Spec, lookup: ProfileLookup) 
             cycle = " -> ".join([*seen, base])
             raise InvalidProfileError([Finding("spec.baseProfileName", f"base profiles form a cycle: {cycle}")])
         if len(chain) > MAX_BASE_DEPTH:
+            chain_text = " -> ".join(seen)
             raise InvalidProfileError([Finding("spec.baseProfileName",
-                                               f"base profile chain deeper than {MAX_BASE_DEPTH}: {' -> '.join(seen)}")])
+                                               f"base profile chain deeper than {MAX_BASE_DEPTH}: {chain_text}")])
         found = lookup(namespace, base)
         if found is None:
             where = "bundled with secprofiles" if base.startswith(BUNDLED_PREFIX) else f"in namespace {namespace!r}"
@@ -158,7 +160,8 @@ def _merge(chain: list[Spec]) -> dict[str, Any]:
     document: dict[str, Any] = {"defaultAction": leaf["defaultAction"]}
     if "defaultErrnoRet" in leaf:
         document["defaultErrnoRet"] = leaf["defaultErrnoRet"]
-    architectures = next((layer["architectures"] for layer in reversed(chain) if layer.get("architectures")), [])
+    with_arches = [layer["architectures"] for layer in chain if layer.get("architectures")]
+    architectures: list[str] = with_arches[-1] if with_arches else []
     if architectures:
         document["architectures"] = sorted(set(architectures))
     flags = sorted({flag for layer in chain for flag in layer.get("flags", [])})

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the sandbox need on a fresh Debian bookworm machine (as root or with sudo):
+# the container runtime that enforces rendered profiles, the AppArmor parser, and the Python package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common)
+missing=()
+for package in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "install: Debian packages ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "install: Python package secprofiles with test tools"
+python3 -m pip install --quiet --root-user-action=ignore --disable-pip-version-check -e '.[test]'

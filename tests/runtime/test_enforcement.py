@@ -1,0 +1,67 @@
+"""Rendered seccomp files are enforced by a real runtime: podman + runc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secprofiles import cli
+from tests.conftest import REPO, SEEDS
+from tests.runtime.conftest import Runner
+
+pytestmark = pytest.mark.runtime
+CHMOD = "touch /tmp/f && chmod 600 /tmp/f; echo rc=$?"
+
+
+def imported_and_rendered(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: Path, name: str) -> Path:
+    assert cli.main(["import", str(source), "--name", name]) == 0
+    cr = tmp_path / f"{name}.yaml"
+    cr.write_text(capsys.readouterr().out)
+    assert cli.main(["lint", str(cr)]) == 0
+    capsys.readouterr()
+    assert cli.main(["render", str(cr)]) == 0
+    rendered = tmp_path / f"{name}.json"
+    rendered.write_text(capsys.readouterr().out)
+    return rendered
+
+
+def test_unconfined_chmod_succeeds(podman: Runner) -> None:
+    result = podman(CHMOD)
+    assert result.stdout.strip() == "rc=0", result.stderr
+
+
+@pytest.mark.parametrize("seed", ["prevent-chmod.legacy.json", "prevent-chmod.json"])
+def test_prevent_chmod_from_both_source_forms_blocks_chmod(
+        podman: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: str) -> None:
+    profile = imported_and_rendered(tmp_path, capsys, SEEDS / seed, "prevent-chmod")
+    result = podman(CHMOD, seccomp=profile)
+    assert result.stdout.strip() == "rc=1"
+    assert "Operation not permitted" in result.stderr
+
+
+@pytest.mark.parametrize("bundled", ["prevent-chmod.yaml", "prevent-chmod-legacy.yaml", "runtime-default-no-chmod.yaml"])
+def test_bundled_chmod_profiles_block_chmod(
+        podman: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str], bundled: str) -> None:
+    assert cli.main(["render", str(REPO / "profiles/seccomp" / bundled)]) == 0
+    rendered = tmp_path / "p.json"
+    rendered.write_text(capsys.readouterr().out)
+    result = podman("echo started; " + CHMOD, seccomp=rendered)
+    assert result.stdout.split() == ["started", "rc=1"], result.stderr
+
+
+def test_podmans_own_default_profile_imports_lints_and_runs_a_shell(
+        podman: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = Path("/usr/share/containers/seccomp.json")
+    if not source.exists():
+        pytest.skip("containers-common's seccomp.json is missing: podman is not installed from Debian")
+    rendered = imported_and_rendered(tmp_path, capsys, source, "podman-default")
+    result = podman("echo hello from busybox; ls / >/dev/null && echo listed", seccomp=rendered)
+    assert result.stdout.split("\n")[:2] == ["hello from busybox", "listed"], result.stderr
+
+
+def test_default_action_errno_really_denies(podman: Runner, tmp_path: Path) -> None:
+    deny_all = tmp_path / "deny.json"
+    deny_all.write_text('{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}')
+    result = podman("echo never", seccomp=deny_all)
+    assert result.returncode != 0 and "never" not in result.stdout
