@@ -12,7 +12,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import jsonschema
 import yaml
 
 from secprofiles.findings import Finding, field_path
@@ -71,7 +70,10 @@ def enum_of(kind: str, *path: str) -> list[str]:
 
 
 @cache
-def _validator(kind: str) -> jsonschema.protocols.Validator:
+def _validator(kind: str) -> Any:
+    # Imported here: the node agent renders profiles but never validates schemas, and stays smaller without it.
+    import jsonschema
+
     schema = openapi_schema(kind)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
     return cls(schema)
@@ -107,7 +109,7 @@ def validate(obj: Object) -> list[Finding]:
     return sorted(set(findings))
 
 
-def _finding(error: jsonschema.ValidationError) -> Finding:
+def _finding(error: Any) -> Finding:
     path: list[str | int] = list(error.absolute_path)
     keyword, expected = error.validator, error.validator_value
     if keyword == "required":

@@ -1,0 +1,283 @@
+"""A small async Kubernetes API client on aiohttp: credentials, requests, and list+watch.
+
+The node agent runs on every node, so it cannot afford the official client (tens of MiB of generated
+models); this covers exactly what secprofiles calls. The operator uses it too, beside Kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from secprofiles import schema
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+Object = dict[str, Any]
+
+CORE_PLURALS = {"Node": ("", "v1", "nodes", False), "Pod": ("", "v1", "pods", True),
+                "Namespace": ("", "v1", "namespaces", False), "Event": ("", "v1", "events", True),
+                "Secret": ("", "v1", "secrets", True), "ConfigMap": ("", "v1", "configmaps", True)}
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its status code and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status, self.reason, self.message = status, reason, message
+        super().__init__(f"{status} {reason}: {message}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach and authenticate to an API server."""
+
+    server: str
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    _tempfiles: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> Credentials:
+        """Credentials of a kubeconfig's current (or given) context; inline ``*-data`` fields supported."""
+        config = yaml.safe_load(Path(path).read_text())
+        context_name = context or config["current-context"]
+        ctx = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == ctx["cluster"])
+        user = next(u["user"] for u in config["users"] if u["name"] == ctx["user"])
+        base = Path(path).parent
+        tempfiles: list[str] = []
+
+        def file_of(entry: dict[str, Any], key: str) -> str | None:
+            if f"{key}-data" in entry:
+                handle = tempfile.NamedTemporaryFile(delete=False, prefix="secprofiles-kube-")  # noqa: SIM115
+                handle.write(base64.b64decode(entry[f"{key}-data"]))
+                handle.close()
+                tempfiles.append(handle.name)
+                return handle.name
+            return str(base / entry[key]) if key in entry else None
+
+        return cls(server=cluster["server"], ca_file=file_of(cluster, "certificate-authority"),
+                   client_cert_file=file_of(user, "client-certificate"), client_key_file=file_of(user, "client-key"),
+                   token=user.get("token"), token_file=user.get("tokenFile"), _tempfiles=tempfiles)
+
+    @classmethod
+    def in_cluster(cls) -> Credentials:
+        """The pod's service account (its token file is re-read: kubelet rotates it)."""
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        return cls(server=f"https://{host}:{port}", ca_file=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+                   token_file=str(SERVICE_ACCOUNT_DIR / "token"))
+
+    @classmethod
+    def auto(cls, kubeconfig: str | None = None) -> Credentials:
+        """``kubeconfig`` or $KUBECONFIG if given, else the in-cluster service account."""
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        return cls.from_kubeconfig(path) if path else cls.in_cluster()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS settings: the cluster CA and, if any, the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert_file:
+            context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
+
+    def bearer(self) -> str | None:
+        """The current bearer token, if this identity uses one."""
+        if self.token_file:
+            return Path(self.token_file).read_text().strip()
+        return self.token
+
+
+def resource_path(kind: str, namespace: str | None = None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    """The API path of a kind (this project's CRDs or a few core kinds), optionally one object of it."""
+    if kind in CORE_PLURALS:
+        group, version, plural, namespaced = CORE_PLURALS[kind]
+    else:
+        group, version, plural, namespaced = schema.GROUP, schema.VERSION, schema.plural(kind), \
+            schema.is_namespaced(kind)
+    path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
+               "strategic": "application/strategic-merge-patch+json", "apply": "application/apply-patch+yaml"}
+
+
+class KubeApi:
+    """An open connection pool to one API server as one identity."""
+
+    def __init__(self, credentials: Credentials, user_agent: str = "secprofiles") -> None:
+        self.credentials = credentials
+        connector = aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=16)
+        self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent})
+
+    async def __aenter__(self) -> KubeApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._session.close()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if token := self.credentials.bearer():
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+                      content_type: str = "application/json") -> Object:
+        """One request; returns the decoded body, raises ApiError for non-2xx answers."""
+        data = None if body is None else json.dumps(body)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with self._session.request(method, self.credentials.server + path, data=data, params=params,
+                                         headers=self._headers(content_type if data else None),
+                                         timeout=timeout) as response:
+            text = await response.text()
+            if response.status >= 300:
+                raise _api_error(response.status, response.reason or "", text)
+            return json.loads(text) if text else {}
+
+    async def get(self, path: str) -> Object | None:
+        """The object at ``path``, or None if it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: Object) -> Object:
+        """POST a new object to a collection path."""
+        return await self.request("POST", path, body)
+
+    async def patch(self, path: str, body: Any, patch_type: str = "merge",
+                    params: dict[str, str] | None = None) -> Object:
+        """PATCH an object (merge, json, strategic, or server-side apply)."""
+        return await self.request("PATCH", path, body, params=params, content_type=PATCH_TYPES[patch_type])
+
+    async def delete(self, path: str) -> None:
+        """DELETE an object; a missing object is not an error."""
+        try:
+            await self.request("DELETE", path)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    async def watch(self, path: str, resource_version: str,
+                    timeout_seconds: int = 300) -> AsyncIterator[tuple[str, Object]]:
+        """Watch events (type, object) from ``resource_version``, bookmarks included; ends when the server does."""
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout_seconds)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
+        async with self._session.get(self.credentials.server + path, params=params, headers=self._headers(),
+                                     timeout=timeout) as response:
+            if response.status >= 300:
+                raise _api_error(response.status, response.reason or "", await response.text())
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event["type"], event["object"]
+
+
+def _api_error(status: int, reason: str, text: str) -> ApiError:
+    try:
+        message = json.loads(text).get("message", text)
+    except ValueError:
+        message = text
+    return ApiError(status, reason, message)
+
+
+EventHandler = Callable[[str, Object], Awaitable[None]]
+
+
+async def list_and_watch(api: KubeApi, path: str, on_event: EventHandler,
+                         on_synced: Callable[[], Awaitable[None]] | None = None,
+                         retry_delay: float = 0.5) -> None:
+    """Keep ``on_event`` told of every object at ``path``, forever.
+
+    Lists first (reporting every object as ADDED, and DELETED for objects that vanished since an earlier
+    listing), calls ``on_synced`` after each complete listing, then watches. A watch that ends resumes
+    from the last resourceVersion; 410 Gone (history compacted) or a lost connection lists again, so no
+    change is missed. No polling: the only waits are the server's.
+    """
+    known: dict[str, Object] = {}
+    while True:
+        try:
+            listing = await api.request("GET", path)
+            version = listing["metadata"]["resourceVersion"]
+            current = {_key(item): item for item in listing.get("items", [])}
+            for key, item in known.items():
+                if key not in current:
+                    await on_event("DELETED", item)
+            for item in current.values():
+                await on_event("ADDED", item)
+            known = {key: _slim(item) for key, item in current.items()}
+            if on_synced:
+                await on_synced()
+            while True:
+                gone = False
+                async for kind, obj in api.watch(path, version):
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            gone = True
+                            break
+                        raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+                    version = obj["metadata"]["resourceVersion"]
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "DELETED":
+                        known.pop(_key(obj), None)
+                    else:
+                        known[_key(obj)] = _slim(obj)
+                    await on_event(kind, obj)
+                if gone:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except ApiError as error:
+            if error.status != 410:
+                log.warning("list/watch %s failed: %s; listing again", path, error)
+                await asyncio.sleep(retry_delay)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+            log.warning("list/watch %s lost the API server (%s); listing again", path, error)
+            await asyncio.sleep(retry_delay)
+
+
+def _key(obj: Object) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+def _slim(obj: Object) -> Object:
+    """What a synthetic DELETED event needs: identity only, so memory stays small."""
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": {
+        k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion") if k in obj["metadata"]}}
