@@ -1,0 +1,1 @@
+"""The operator: reconciles profiles, aggregates node reports, protects profiles in use."""

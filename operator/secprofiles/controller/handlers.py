@@ -1,0 +1,85 @@
+"""Kopf wiring: watch events feed the cluster state; the reconciler does the rest.
+
+Handlers are ``on.event`` only: they keep no per-object state in the objects (no diff-base or progress
+annotations) and add no Kopf finalizer; the operator's only write to user objects besides ``status`` is
+its one finalizer, managed by the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from secprofiles import schema
+from secprofiles.controller.reconciler import FINALIZER, Reconciler
+from secprofiles.controller.state import ClusterState
+from secprofiles.kubeapi import Credentials, KubeApi
+
+log = logging.getLogger(__name__)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.posting.enabled = False  # the reconciler posts the Events a person cares about
+    settings.peering.name = "secprofiles"
+    settings.peering.clusterwide = True
+    settings.watching.server_timeout = 300
+    settings.watching.reconnect_backoff = 0.2
+
+
+def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers (explicit, so tests can run several operators in one process)."""
+    registry = kopf.OperatorRegistry()
+    state = ClusterState()
+    runtime: dict[str, Any] = {}
+
+    def mark(keys: set[str]) -> None:
+        if keys and "reconciler" in runtime:
+            runtime["reconciler"].mark(keys)
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        api = KubeApi(Credentials.auto(kubeconfig), user_agent="secprofiles-operator")
+        reconciler = Reconciler(state, api)
+        runtime.update(api=api, reconciler=reconciler, task=asyncio.create_task(reconciler.run()))
+        reconciler.mark(set(state.profiles))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        task = runtime.get("task")
+        if task:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if "api" in runtime:
+            await runtime["api"].close()
+
+    @kopf.on.event(schema.GROUP, schema.VERSION, schema.plural(schema.SECCOMP_PROFILE), registry=registry)
+    @kopf.on.event(schema.GROUP, schema.VERSION, schema.plural(schema.APPARMOR_PROFILE), registry=registry)
+    async def profile_event(event: kopf.RawEvent, **_: Any) -> None:
+        mark(state.apply_profile(_type(event), dict(event["object"])))
+
+    @kopf.on.event(schema.GROUP, schema.VERSION, schema.plural(schema.NODE_PROFILE_STATUS), registry=registry)
+    async def report_event(event: kopf.RawEvent, **_: Any) -> None:
+        mark(state.apply_report(_type(event), dict(event["object"])))
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: kopf.RawEvent, **_: Any) -> None:
+        mark(state.apply_node(_type(event), dict(event["object"])))
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        mark(state.apply_pod(_type(event), dict(event["object"])))
+
+    return registry
+
+
+def _type(event: kopf.RawEvent) -> str:
+    # Kopf reports objects of the initial listing with type None.
+    return event.get("type") or "ADDED"

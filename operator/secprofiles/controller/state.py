@@ -1,0 +1,142 @@
+"""What the operator knows of the cluster, fed by watch events; pure and synchronous.
+
+Every ``apply_*`` method returns the profile keys whose status may have changed, so the reconciler works
+only on those. Pods are reduced to the profile keys they reference.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from secprofiles import nodereport, podrefs, schema
+from secprofiles.nodereport import Entry
+from secprofiles.seccomp import BUNDLED_PREFIX, Spec
+
+Object = dict[str, Any]
+WINDOWS = "windows"
+
+
+@dataclass
+class Profile:
+    """The parts of a profile object the operator needs."""
+
+    key: str
+    kind: str
+    name: str
+    namespace: str | None
+    uid: str
+    generation: int
+    resource_version: str
+    deleting: bool
+    finalizers: tuple[str, ...]
+    spec: Spec
+    status: Object
+
+    @classmethod
+    def from_object(cls, obj: Object) -> Profile:
+        """Slim a watched object down."""
+        meta = obj["metadata"]
+        return cls(key=nodereport.key_of(obj), kind=obj["kind"], name=meta["name"], namespace=meta.get("namespace"),
+                   uid=meta.get("uid", ""), generation=int(meta.get("generation", 1)),
+                   resource_version=meta.get("resourceVersion", ""), deleting="deletionTimestamp" in meta,
+                   finalizers=tuple(meta.get("finalizers", [])), spec=obj.get("spec") or {},
+                   status=obj.get("status") or {})
+
+    def as_object(self) -> Object:
+        """An object the shared model can validate and render."""
+        meta: Object = {"name": self.name}
+        if self.namespace:
+            meta["namespace"] = self.namespace
+        return {"apiVersion": schema.API_VERSION, "kind": self.kind, "metadata": meta, "spec": self.spec}
+
+
+@dataclass
+class ClusterState:
+    """Profiles, nodes, node reports and pod references, as last seen."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    nodes: set[str] = field(default_factory=set)
+    reports: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    pod_refs: dict[str, frozenset[str]] = field(default_factory=dict)
+    users: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def apply_profile(self, event: str, obj: Object) -> set[str]:
+        """A SeccompProfile or AppArmorProfile event; dirties it and every profile built on it."""
+        profile = Profile.from_object(obj)
+        if event == "DELETED":
+            self.profiles.pop(profile.key, None)
+        else:
+            self.profiles[profile.key] = profile
+        return {profile.key} | self.dependents(profile.key)
+
+    def dependents(self, key: str) -> set[str]:
+        """Keys of the profiles whose base chain includes ``key`` (directly or not)."""
+        found: set[str] = set()
+        frontier = {key}
+        while frontier:
+            frontier = {p.key for p in self.profiles.values()
+                        if p.kind == schema.SECCOMP_PROFILE and p.key not in found
+                        and self._base_key(p) in frontier}
+            found |= frontier
+        return found
+
+    @staticmethod
+    def _base_key(profile: Profile) -> str | None:
+        base = profile.spec.get("baseProfileName")
+        if not base or base.startswith(BUNDLED_PREFIX) or profile.namespace is None:
+            return None
+        return nodereport.seccomp_key(profile.namespace, base)
+
+    def lookup(self, namespace: str, name: str) -> Spec | None:
+        """A SeccompProfile's spec, for base resolution."""
+        profile = self.profiles.get(nodereport.seccomp_key(namespace, name))
+        return profile.spec if profile else None
+
+    def apply_node(self, event: str, obj: Object) -> set[str]:
+        """A Node event: the desired node set changes every profile's counts."""
+        name = obj["metadata"]["name"]
+        linux = (obj["metadata"].get("labels") or {}).get("kubernetes.io/os") != WINDOWS
+        before = name in self.nodes
+        if event == "DELETED" or not linux:
+            self.nodes.discard(name)
+            self.reports.pop(name, None)
+        else:
+            self.nodes.add(name)
+        return set(self.profiles) if before != (name in self.nodes) else set()
+
+    def apply_report(self, event: str, obj: Object) -> set[str]:
+        """A NodeProfileStatus event: dirties the profiles whose entries changed."""
+        node = obj["metadata"]["name"]
+        old = self.reports.get(node, {})
+        if event == "DELETED":
+            new: dict[str, Entry] = {}
+            self.reports.pop(node, None)
+        else:
+            raw = (obj.get("status") or {}).get("profiles") or {}
+            new = {key: Entry.from_status(value) for key, value in raw.items() if isinstance(value, dict)}
+            self.reports[node] = new
+        return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+
+    def apply_pod(self, event: str, obj: Object) -> set[str]:
+        """A Pod event: only its profile references are kept."""
+        meta = obj["metadata"]
+        pod = f"{meta.get('namespace', '')}/{meta['name']}"
+        old = self.pod_refs.get(pod, frozenset())
+        new = frozenset() if event == "DELETED" else podrefs.references(obj)
+        if new:
+            self.pod_refs[pod] = new
+        else:
+            self.pod_refs.pop(pod, None)
+        for key in old - new:
+            self.users[key].discard(pod)
+            if not self.users[key]:
+                del self.users[key]
+        for key in new - old:
+            self.users[key].add(pod)
+        return set(old ^ new)
+
+    def node_entries(self, key: str) -> dict[str, Entry | None]:
+        """What each desired node reports for ``key``."""
+        return {node: self.reports.get(node, {}).get(key) for node in self.nodes}
