@@ -1,0 +1,243 @@
+"""The operator against the real control plane, with a minimal test agent writing NodeProfileStatus.
+
+The test agent writes exactly what the contract in ``secprofiles.nodereport`` says; the real agent's
+own tests cover the node side.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from secprofiles.devcluster import DevCluster
+from tests.integration.kube import create_node, delete_everything, ensure_namespace, install_crds, open_api, wait_for
+
+from secprofiles import nodereport
+from secprofiles.controller.reconciler import FINALIZER
+from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+
+pytestmark = pytest.mark.controlplane
+NS = "team-a"
+
+
+class OperatorProcess:
+    """The operator as a real process, as deployed (but standalone: one replica)."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig), "--standalone",
+                 "--metrics-port", "0", "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture(scope="module")
+def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(devcluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def api(devcluster: DevCluster, operator: OperatorProcess) -> AsyncIterator[KubeApi]:
+    async with open_api(devcluster.kubeconfig) as client:
+        await install_crds(client)
+        await ensure_namespace(client, NS)
+        for kind in ("SeccompProfile", "AppArmorProfile", "NodeProfileStatus"):
+            await delete_everything(client, kind)
+        for node in (await client.request("GET", "/api/v1/nodes"))["items"]:
+            await client.delete(f"/api/v1/nodes/{node['metadata']['name']}")
+        await client.request("DELETE", f"/api/v1/namespaces/{NS}/pods")
+        if operator.process is None or operator.process.poll() is not None:
+            operator.start()
+        yield client
+    if operator.process and operator.process.poll() is not None:
+        print(operator.tail())
+
+
+async def report(api: KubeApi, node: dict[str, Any], entries: dict[str, dict[str, str] | None]) -> None:
+    """What a node's agent does: create its NodeProfileStatus if absent, merge-patch entries into status."""
+    name = node["metadata"]["name"]
+    try:
+        await api.create(resource_path("NodeProfileStatus"), nodereport.new_object(node))
+    except ApiError as error:
+        if error.status != 409:
+            raise
+    await api.patch(resource_path("NodeProfileStatus", name=name, subresource="status"),
+                    {"status": {"profiles": entries, "ready": True}})
+
+
+def seccomp(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+            "metadata": {"name": name, "namespace": NS}, "spec": {"defaultAction": "SCMP_ACT_ALLOW", **spec}}
+
+
+async def status_of(api: KubeApi, kind: str, name: str, namespace: str | None = NS) -> dict[str, Any]:
+    obj = await api.get(resource_path(kind, namespace, name))
+    return (obj or {}).get("status") or {}
+
+
+async def wait_status(api: KubeApi, name: str, check: Any, kind: str = "SeccompProfile",
+                      namespace: str | None = NS, timeout: float = 15) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        status = await status_of(api, kind, name, namespace)
+        return status if check(status) else None
+
+    return await wait_for(probe, timeout, what=f"{kind} {name} status")
+
+
+CHMOD_RULES = [{"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO"}]
+
+
+async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi) -> None:
+    n1, n2 = await create_node(api, "node-1"), await create_node(api, "node-2")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("prevent-chmod", syscalls=CHMOD_RULES))
+    status = await wait_status(api, "prevent-chmod", lambda s: s.get("contentHash"))
+    assert status["phase"] == "Installing"
+    assert status["localhostProfile"] == "secprofiles/team-a/prevent-chmod.json"
+    assert status["nodes"] == {"desired": 2, "installed": 0, "failed": 0}
+    key, content = nodereport.seccomp_key(NS, "prevent-chmod"), status["contentHash"]
+    await report(api, n1, {key: {"contentHash": content, "state": "Installed"}})
+    await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["installed"] == 1)
+    await report(api, n2, {key: {"contentHash": content, "state": "Installed"}})
+    status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
+    assert status["conditions"][0]["type"] == "Ready" and status["conditions"][0]["status"] == "True"
+
+    events = await api.request("GET", f"/api/v1/namespaces/{NS}/events")
+    reasons = {e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "prevent-chmod"}
+    assert {"Installing", "Installed"} <= reasons
+
+    # Deleting a node drops it from the counts; a failing node makes the profile Error naming it.
+    n3 = await create_node(api, "node-3")
+    await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["desired"] == 3 and s["phase"] == "Installing")
+    await report(api, n3, {key: {"contentHash": content, "state": "Error", "message": "disk full"}})
+    status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Error")
+    assert status["failedNodes"] == [{"node": "node-3", "message": "disk full"}]
+    assert "node-3: disk full" in status["conditions"][0]["message"]
+    await api.delete("/api/v1/nodes/node-3")
+    status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
+
+
+async def test_invalid_profile_is_error_and_never_sent_to_nodes(api: KubeApi) -> None:
+    await create_node(api, "node-1")
+    bad = seccomp("typo", syscalls=[{"names": ["chmod", "chmodat"], "action": "SCMP_ACT_ERRNO"}])
+    await api.create(resource_path("SeccompProfile", NS), bad)
+    status = await wait_status(api, "typo", lambda s: s.get("phase") == "Error")
+    assert "spec.syscalls[0].names[1]: unknown syscall 'chmodat'" in status["conditions"][0]["message"]
+    assert status["conditions"][0]["reason"] == "Invalid"
+    assert not status.get("contentHash") and not status.get("localhostProfile")
+
+
+async def test_apparmor_profile_is_reconciled(api: KubeApi) -> None:
+    node = await create_node(api, "node-1")
+    policy = (Path(__file__).parents[1] / "data/seeds/deny-write.profile").read_text()
+    await api.create(resource_path("AppArmorProfile"), {
+        "apiVersion": "secprofiles.io/v1alpha1", "kind": "AppArmorProfile",
+        "metadata": {"name": "k8s-apparmor-example-deny-write"}, "spec": {"policy": policy}})
+    status = await wait_status(api, "k8s-apparmor-example-deny-write", lambda s: s.get("contentHash"),
+                               kind="AppArmorProfile", namespace=None)
+    assert status["localhostProfile"] == "k8s-apparmor-example-deny-write"
+    await report(api, node, {"apparmor/k8s-apparmor-example-deny-write": {
+        "contentHash": status["contentHash"], "state": "Error", "message": nodereport.APPARMOR_NOT_ENABLED}})
+    status = await wait_status(api, "k8s-apparmor-example-deny-write", lambda s: s.get("phase") == "Error",
+                               kind="AppArmorProfile", namespace=None)
+    assert "node-1: AppArmor not enabled on node" in status["conditions"][0]["message"]
+
+
+def pod_using(name: str, profile: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS}, "spec": {
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "c", "image": "busybox", "securityContext": {"seccompProfile": {
+            "type": "Localhost", "localhostProfile": f"secprofiles/{NS}/{profile}.json"}}}]}}
+
+
+async def test_in_use_profile_is_kept_until_its_pods_are_gone(api: KubeApi) -> None:
+    await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("guarded"))
+    await wait_status(api, "guarded", lambda s: s.get("contentHash"))
+    obj = await wait_for(lambda: _with_finalizer(api, "guarded"), what="finalizer on guarded")
+    assert obj["metadata"]["finalizers"] == [FINALIZER]
+    for i in range(3):
+        await api.create(f"/api/v1/namespaces/{NS}/pods", pod_using(f"user-{i}", "guarded"))
+    await api.delete(resource_path("SeccompProfile", NS, "guarded"))
+    status = await wait_status(api, "guarded", lambda s: s.get("phase") == "Terminating")
+    assert status["inUseBy"] == {"count": 3, "pods": [f"{NS}/user-0", f"{NS}/user-1", f"{NS}/user-2"]}
+    assert "3 pod(s)" in status["conditions"][0]["message"]
+    for i in range(3):
+        await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/user-{i}", params={"gracePeriodSeconds": "0"})
+    await wait_for(lambda: _gone(api, "guarded"), 10, what="guarded to be deleted")
+
+
+async def _with_finalizer(api: KubeApi, name: str) -> dict[str, Any] | None:
+    obj = await api.get(resource_path("SeccompProfile", NS, name))
+    return obj if obj and FINALIZER in obj["metadata"].get("finalizers", []) else None
+
+
+async def _gone(api: KubeApi, name: str) -> bool:
+    return await api.get(resource_path("SeccompProfile", NS, name)) is None
+
+
+async def test_base_profile_change_rerenders_dependents(api: KubeApi) -> None:
+    await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("base", syscalls=CHMOD_RULES))
+    await api.create(resource_path("SeccompProfile", NS), seccomp("child", baseProfileName="base"))
+    before = (await wait_status(api, "child", lambda s: s.get("contentHash")))["contentHash"]
+    base = await api.get(resource_path("SeccompProfile", NS, "base"))
+    assert base is not None
+    await api.patch(resource_path("SeccompProfile", NS, "base"),
+                    {"spec": {"syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}})
+    after = await wait_status(api, "child", lambda s: s.get("contentHash") not in (None, before))
+    assert after["observedGeneration"] == 1  # the child itself did not change
+    await api.delete(resource_path("SeccompProfile", NS, "base"))
+    status = await wait_status(api, "child", lambda s: s.get("phase") == "Error")
+    assert "base profile 'base' (via 'child') not found" in status["conditions"][0]["message"]
+
+
+async def test_operator_restart_loses_nothing(api: KubeApi, operator: OperatorProcess) -> None:
+    node = await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("before-restart"))
+    status = await wait_status(api, "before-restart", lambda s: s.get("contentHash"))
+    operator.stop(signal.SIGKILL)
+    await api.create(resource_path("SeccompProfile", NS), seccomp("while-down", syscalls=CHMOD_RULES))
+    await report(api, node, {nodereport.seccomp_key(NS, "before-restart"): {
+        "contentHash": status["contentHash"], "state": "Installed"}})
+    operator.start()
+    await wait_status(api, "before-restart", lambda s: s.get("phase") == "Installed")
+    await wait_status(api, "while-down", lambda s: s.get("phase") == "Installing")
+
+
+async def test_operator_writes_only_status_and_its_finalizer(api: KubeApi) -> None:
+    await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("gitops"))
+    await wait_status(api, "gitops", lambda s: s.get("phase"))
+    obj = await wait_for(lambda: _with_finalizer(api, "gitops"), what="finalizer")
+    meta = obj["metadata"]
+    assert meta.get("annotations", {}) == {}
+    assert meta.get("labels", {}) == {}
+    assert meta["finalizers"] == [FINALIZER]
+    assert meta["generation"] == 1
+    assert set(obj["status"]) - {"kopf"} >= {"phase", "conditions", "observedGeneration", "contentHash"}
