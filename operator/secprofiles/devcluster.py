@@ -713,10 +713,7 @@ class DevCluster:
         """Send one request to the API server as admin (or with ``token``); return ``(status, body)``."""
         if not self.server:
             raise DevClusterError("dev cluster is not started")
-        if token is not None:
-            ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        else:
-            ctx = self.ssl_context()
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if token is not None else self.ssl_context()
         conn = http.client.HTTPSConnection("127.0.0.1", self.apiserver_port, context=ctx, timeout=timeout)
         headers = {"Accept": "application/json"}
         data: bytes | None = None

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from secprofiles.devcluster import DevCluster
-from tests.integration.kube import create_node, delete_everything, ensure_namespace, install_crds, open_api, wait_for
 
 from secprofiles import nodereport
 from secprofiles.controller.reconciler import FINALIZER
+from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from tests.integration.kube import create_node, delete_everything, ensure_namespace, install_crds, open_api, wait_for
 
 pytestmark = pytest.mark.controlplane
 NS = "team-a"
