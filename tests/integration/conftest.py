@@ -1,0 +1,97 @@
+"""Fixtures for integration tests against a real local control plane.
+
+``devcluster`` (session scope) starts etcd + kube-apiserver + kube-controller-manager
+from ``tools/controlplane`` once per test session; ``kube_api`` is an admin
+``kubernetes.client.ApiClient`` for it.  Mark tests that use them with
+``@pytest.mark.controlplane``.
+
+The binary is built (or found in the cache) right after collection when a
+selected test is marked ``controlplane``, so the first, slow build does not count
+against a test's timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary
+
+_BUILD_RESULT = pytest.StashKey[Any]()
+_CLUSTER = pytest.StashKey[DevCluster]()
+
+
+def _wants_controlplane(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("controlplane") for item in session.items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control-plane binary before any test runs (outside per-test timeouts)."""
+    if session.config.option.collectonly or not _wants_controlplane(session):
+        return
+    try:
+        session.config.stash[_BUILD_RESULT] = ensure_binary()
+    except DevClusterError as exc:
+        session.config.stash[_BUILD_RESULT] = exc
+
+
+@pytest.fixture(scope="session")
+def devcluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[DevCluster]:
+    """A running dev cluster shared by the whole session (stopped at the end)."""
+    built = pytestconfig.stash.get(_BUILD_RESULT, None)
+    if isinstance(built, BaseException):
+        pytest.fail(f"building the control plane failed: {built}", pytrace=False)
+    try:
+        binary = built if built is not None else ensure_binary()
+    except DevClusterError as exc:
+        pytest.fail(f"building the control plane failed: {exc}", pytrace=False)
+    cluster = DevCluster(tmp_path_factory.mktemp("devcluster"), binary=binary)
+    try:
+        cluster.start()
+    except DevClusterError as exc:
+        pytest.fail(f"control plane did not start: {exc}", pytrace=False)
+    pytestconfig.stash[_CLUSTER] = cluster
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api(devcluster: DevCluster) -> Iterator[Any]:
+    """An admin ``kubernetes.client.ApiClient`` for the dev cluster."""
+    from secprofiles.devcluster_clients import api_client
+
+    client = api_client(devcluster.kubeconfig)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the control-plane log tails to the report of a failed controlplane test."""
+    report = yield
+    if report.failed and item.get_closest_marker("controlplane"):
+        cluster = item.config.stash.get(_CLUSTER, None)
+        if cluster is not None:
+            report.sections.append(("devcluster log tails", cluster.log_tails()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Report the control plane's start-up time and peak memory."""
+    cluster = config.stash.get(_CLUSTER, None)
+    if cluster is None:
+        return
+    line = f"devcluster {cluster.version}: ready in {cluster.startup_seconds:.1f}s"
+    if cluster.peak_rss_bytes:
+        per = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in cluster.peak_rss_by_process.items())
+        line += f", peak RSS {cluster.peak_rss_bytes / 2**20:.0f} MiB ({per})"
+    line += f"; run dir {cluster.run_dir}"
+    terminalreporter.write_line(line)
