@@ -79,10 +79,7 @@ class Agent:
 
     async def run(self) -> None:
         """Run until cancelled; an unexpected error in any part ends the agent (its DaemonSet restarts it)."""
-        await self.reporter.ensure_object()
-        self.reporter.set_facts(ready=False, seccompAvailable=seccomp_available(),
-                                appArmorEnabled=self.apparmor_enabled, agentVersion=VERSION)
-        await self._flush()
+        await self.prepare()
         tasks = [asyncio.create_task(list_and_watch(self.api, resource_path(kind), self._on_event(kind),
                                                     self._on_listed(kind)), name=f"watch-{kind}")
                  for kind in KINDS]
@@ -95,6 +92,13 @@ class Agent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def prepare(self) -> None:
+        """Create the NodeProfileStatus if needed and report the node facts, not ready until synced."""
+        await self.reporter.ensure_object()
+        self.reporter.set_facts(ready=False, seccompAvailable=seccomp_available(),
+                                appArmorEnabled=self.apparmor_enabled, agentVersion=VERSION)
+        await self._flush()
 
     def _on_event(self, kind: str) -> EventHandler:
         async def on_event(event: str, obj: Object) -> None:
@@ -145,10 +149,10 @@ class Agent:
         self.full_sync_done = True
         endpoints.FULL_SYNC_SECONDS.set(time.monotonic() - started)
         self.reporter.set_facts(lastFullSync=now())
-        log.info("full sync done", extra={"profiles": len(self.desired), "seconds": round(time.monotonic() - started,
-                                                                                            3)})
-        await self._flush()
-        await self._become_ready()
+        log.info("full sync done", extra={"profiles": len(self.desired),
+                                          "seconds": round(time.monotonic() - started, 3)})
+        await self._become_ready()  # sends lastFullSync with ready=true in one patch
+        await self._flush()  # (or alone, when readiness has to wait)
 
     async def drain(self) -> None:
         """Reconcile every dirty key, then send the status in one patch (more only for huge bursts)."""
