@@ -202,10 +202,17 @@ class KubeApi:
                                      timeout=timeout) as response:
             if response.status >= 300:
                 raise _api_error(response.status, response.reason or "", await response.text())
-            async for line in response.content:
-                if line.strip():
-                    event = json.loads(line)
-                    yield event["type"], event["object"]
+            # Split lines ourselves: aiohttp's line iterator raises past 128 KiB, and one event carries a
+            # whole object (an AppArmorProfile may hold 64 KiB of policy plus its last-applied copy).
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while (end := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[:end + 1]
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event["type"], event["object"]
 
 
 def _api_error(status: int, reason: str, text: str) -> ApiError:
