@@ -202,8 +202,9 @@ class KubeApi:
                                      timeout=timeout) as response:
             if response.status >= 300:
                 raise _api_error(response.status, response.reason or "", await response.text())
-            # Split lines ourselves: aiohttp's line iterator raises past 128 KiB, and one event carries a
-            # whole object (an AppArmorProfile may hold 64 KiB of policy plus its last-applied copy).
+            # Split lines ourselves: aiohttp's line iterator raises LineTooLong past twice its read buffer
+            # (512 KiB with aiohttp 3.14), ending the watch for good; one event carries a whole object, which
+            # etcd allows up to ~1.5 MiB.
             buffer = bytearray()
             async for chunk in response.content.iter_any():
                 buffer += chunk

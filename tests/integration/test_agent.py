@@ -255,7 +255,7 @@ def test_profiles_install_update_atomically_and_delete_on_every_node(
             cluster.api("PUT", item, current)
             last = rendered(seccomp_profile(namespace, "prevent-chmod", names))
             if i % 4 == 3:
-                eventually(lambda: path.read_bytes() == last.content, what="update applied")
+                eventually(lambda r=last: path.read_bytes() == r.content, what="update applied")
         eventually(lambda: path.read_bytes() == last.content, what="last update applied")
     finally:
         stop.set()
@@ -360,7 +360,7 @@ def test_kill_9_mid_sync_then_restart_converges_without_partial_files(
     eventually(lambda: directory.is_dir() and len(os.listdir(directory)) >= 20, timeout=60, what="sync under way")
     agent.kill()
     written = [p for p in directory.iterdir() if not p.name.startswith(".tmp-")]
-    assert 0 < len(written), "killed before anything was written"
+    assert len(written) > 0, "killed before anything was written"
     for path in written:  # every final path holds a complete, exact rendering
         assert path.read_bytes() == expected[path.name.removesuffix(".json")].content
     print(f"\nkill -9 after {len(written)}/{count} files")
