@@ -202,10 +202,18 @@ class KubeApi:
                                      timeout=timeout) as response:
             if response.status >= 300:
                 raise _api_error(response.status, response.reason or "", await response.text())
-            async for line in response.content:
-                if line.strip():
-                    event = json.loads(line)
-                    yield event["type"], event["object"]
+            # Split lines ourselves: aiohttp's line iterator raises LineTooLong past twice its read buffer
+            # (512 KiB with aiohttp 3.14), ending the watch for good; one event carries a whole object, which
+            # etcd allows up to ~1.5 MiB.
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while (end := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[:end + 1]
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event["type"], event["object"]
 
 
 def _api_error(status: int, reason: str, text: str) -> ApiError:

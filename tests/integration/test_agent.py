@@ -1,0 +1,430 @@
+"""The node agent against the real local control plane: simulated nodes are agent subprocesses, each with its
+own host root under tmp_path. AppArmor kernel loading is SIMULATED (``--apparmor-loader recording``): this
+kernel has no AppArmor; the recording loader compiles with apparmor_parser and records in the host root."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from secprofiles import profiles
+from secprofiles.devcluster import ApiError, DevCluster
+from secprofiles.devcluster_clients import create_node, delete_node, ensure_namespace, service_account_kubeconfig
+from tests.conftest import REPO
+from tests.runtime.conftest import Runner, podman  # noqa: F401 - the fixture, reused
+
+pytestmark = pytest.mark.controlplane
+GROUP = "/apis/secprofiles.io/v1alpha1"
+SECURITYFS = Path("sys/kernel/security/apparmor")
+TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
+AGENT_RULES = [
+    {"apiGroups": ["secprofiles.io"], "resources": ["seccompprofiles", "apparmorprofiles"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses"], "verbs": ["get", "create"]},
+    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+]
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (AssertionError, KeyError, TypeError, FileNotFoundError, ApiError) as error:
+            last = error
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def cluster(devcluster: DevCluster) -> DevCluster:
+    """The dev cluster with this repository's CRDs installed and Established."""
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        try:
+            devcluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+
+        def established(name: str = doc["metadata"]["name"]) -> bool:
+            crd = devcluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or [])
+
+        eventually(established, what=f"CRD {path.name} Established")
+    eventually(lambda: devcluster.get(f"{GROUP}/seccompprofiles") is not None, what="CRDs served")
+    return devcluster
+
+
+@pytest.fixture(scope="module")
+def agent_kubeconfig(cluster: DevCluster) -> Path:
+    """A service account holding exactly the agent's RBAC (proves the list of API calls in the README)."""
+    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                {"metadata": {"name": "secprofiles-agent"}, "rules": AGENT_RULES}, ok=(201, 409))
+    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "metadata": {"name": "secprofiles-agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secprofiles-agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent", "namespace": "secprofiles-system"}]},
+        ok=(201, 409))
+    return service_account_kubeconfig(cluster, "secprofiles-system", "secprofiles-agent").kubeconfig
+
+
+class AgentProcess:
+    """``python -m secprofiles.agent`` for one simulated node."""
+
+    def __init__(self, kubeconfig: Path, node: str, base: Path, apparmor: bool) -> None:
+        self.node, self.kubeconfig, self.apparmor = node, kubeconfig, apparmor
+        self.host_root, self.state_dir, self.log = base / "host", base / "state", base / "agent.log"
+        self.host_root.mkdir(parents=True, exist_ok=True)
+        if apparmor:
+            (self.host_root / SECURITYFS).mkdir(parents=True, exist_ok=True)
+            (self.host_root / SECURITYFS / "profiles").touch()
+        self.seccomp_root = self.host_root / "var/lib/kubelet/seccomp/secprofiles"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+
+    def start(self) -> AgentProcess:
+        argv = [sys.executable, "-m", "secprofiles.agent", "--node-name", self.node, "--host-root",
+                str(self.host_root), "--state-dir", str(self.state_dir), "--kubeconfig", str(self.kubeconfig),
+                "--health-port", "0", "--apparmor-loader", "recording" if self.apparmor else "kernel"]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stderr=log, stdout=log, env=env)
+        start = self.log.stat().st_size if self.log.exists() else 0
+        self.health_port = eventually(lambda: self._port(start), timeout=30, what=f"{self.node} health port")
+        return self
+
+    def _port(self, offset: int) -> int | None:
+        assert self.process is not None and self.process.poll() is None, self.log.read_text()[-3000:]
+        with self.log.open() as handle:
+            handle.seek(offset)
+            for line in handle:
+                record = json.loads(line) if line.startswith("{") else {}
+                if record.get("endpoint") == "health":
+                    return int(record["port"])
+        return None
+
+    def http(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM of the agent process, in KiB."""
+        assert self.process is not None
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+        return fields
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def file(self, namespace: str, name: str) -> Path:
+        return self.seccomp_root / namespace / f"{name}.json"
+
+
+@pytest.fixture
+def agents(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Make simulated nodes (Node object + agent process); all are stopped and deleted afterwards."""
+    made: list[AgentProcess] = []
+
+    def make(apparmor: bool = False, taints: tuple[dict[str, str], ...] = (), start: bool = True) -> AgentProcess:
+        node = f"node-{uuid.uuid4().hex[:8]}"
+        create_node(cluster, node, taints=taints)
+        agent = AgentProcess(agent_kubeconfig, node, tmp_path / node, apparmor)
+        made.append(agent)
+        return agent.start() if start else agent
+
+    yield make
+    for agent in made:
+        agent.stop()
+        delete_node(cluster, agent.node)
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    ensure_namespace(cluster, name)
+    yield name
+    cluster.api("DELETE", f"/api/v1/namespaces/{name}", ok=(200, 202, 404))
+
+
+def seccomp_profile(namespace: str, name: str, syscalls: list[str] | None = None,
+                    base: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"defaultAction": "SCMP_ACT_ALLOW",
+                            "syscalls": [{"names": syscalls or ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO"}]}
+    if base:
+        spec["baseProfileName"] = base
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def create(cluster: DevCluster, obj: dict[str, Any]) -> dict[str, Any]:
+    ns = obj["metadata"].get("namespace")
+    plural = "seccompprofiles" if obj["kind"] == "SeccompProfile" else "apparmorprofiles"
+    path = f"{GROUP}/namespaces/{ns}/{plural}" if ns else f"{GROUP}/{plural}"
+    result: dict[str, Any] = cluster.api("POST", path, obj)
+    return result
+
+
+def rendered(obj: dict[str, Any]) -> Any:
+    outcome = profiles.evaluate_sync(obj)
+    assert outcome.rendered is not None, outcome.findings
+    return outcome.rendered
+
+
+def node_status(cluster: DevCluster, node: str) -> dict[str, Any]:
+    status: dict[str, Any] = cluster.get(f"{GROUP}/nodeprofilestatuses/{node}").get("status", {})
+    return status
+
+
+def entry(cluster: DevCluster, node: str, key: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = node_status(cluster, node).get("profiles", {}).get(key)
+    return found
+
+
+def test_profiles_install_update_atomically_and_delete_on_every_node(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    nodes = [agents(), agents(apparmor=True)]
+    obj = seccomp_profile(namespace, "prevent-chmod")
+    create(cluster, obj)
+    expected = rendered(obj)
+    for agent in nodes:
+        eventually(lambda a=agent: a.file(namespace, "prevent-chmod").read_bytes() == expected.content,
+                   what=f"file on {agent.node}")
+        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") == {
+            "contentHash": expected.content_hash, "state": "Installed"}, what="Installed in status")
+        status = node_status(cluster, agent.node)
+        assert status["ready"] is True and status["seccompAvailable"] is True and status["agentVersion"]
+        assert agent.file(namespace, "prevent-chmod").stat().st_mode & 0o777 == 0o644
+        assert agent.http("/healthz") == 200 and agent.http("/readyz") == 200
+
+    # Updates: a reader thread parses the file continuously; it must never see a partial file.
+    path = nodes[0].file(namespace, "prevent-chmod")
+    seen: list[str] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(json.loads(path.read_bytes())["syscalls"][0]["names"][0])
+            except Exception as error:
+                errors.append(error)
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    item = f"{GROUP}/namespaces/{namespace}/seccompprofiles/prevent-chmod"
+    try:
+        for i, names in enumerate([["mkdir"], ["chmod"], ["rmdir"], ["chown"]] * 3):
+            current = cluster.get(item)
+            current["spec"]["syscalls"][0]["names"] = names
+            cluster.api("PUT", item, current)
+            last = rendered(seccomp_profile(namespace, "prevent-chmod", names))
+            if i % 4 == 3:
+                eventually(lambda r=last: path.read_bytes() == r.content, what="update applied")
+        eventually(lambda: path.read_bytes() == last.content, what="last update applied")
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors, errors[:3]
+    assert len(set(seen)) >= 2
+    for agent in nodes:
+        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") == {
+            "contentHash": last.content_hash, "state": "Installed"}, what="updated hash in status")
+
+    cluster.api("DELETE", item)
+    for agent in nodes:
+        eventually(lambda a=agent: not a.file(namespace, "prevent-chmod").exists(), what="file removed")
+        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") is None,
+                   what="entry removed")
+
+
+def test_apparmor_is_an_error_without_apparmor_and_installed_with_simulated_apparmor(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    without, with_apparmor = agents(), agents(apparmor=True)
+    name = f"aa-{uuid.uuid4().hex[:6]}"
+    profile = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "AppArmorProfile", "metadata": {"name": name},
+               "spec": {"mode": "enforce", "rules": {"filesystem": {"readOnlyPaths": ["/etc/**"]}}}}
+    create(cluster, profile)
+    create(cluster, seccomp_profile(namespace, "alongside"))
+    try:
+        expected = rendered(profile)
+        eventually(lambda: entry(cluster, without.node, f"apparmor/{name}") == {
+            "contentHash": expected.content_hash, "state": "Error", "message": "AppArmor not enabled on node"},
+            what="Error on the node without AppArmor")
+        eventually(lambda: entry(cluster, without.node, f"seccomp/{namespace}/alongside") is not None)
+        assert entry(cluster, without.node, f"seccomp/{namespace}/alongside")["state"] == "Installed"  # type: ignore[index]
+        assert node_status(cluster, without.node)["appArmorEnabled"] is False
+
+        eventually(lambda: entry(cluster, with_apparmor.node, f"apparmor/{name}") == {
+            "contentHash": expected.content_hash, "state": "Installed"}, what="Installed with simulated AppArmor")
+        kernel = (with_apparmor.host_root / SECURITYFS / "profiles").read_text()
+        assert f"{name} (enforce)" in kernel
+        assert (with_apparmor.state_dir / "apparmor" / f"{name}.apparmor").read_bytes() == expected.content
+    finally:
+        cluster.api("DELETE", f"{GROUP}/apparmorprofiles/{name}")
+    eventually(lambda: f"{name} (" not in (with_apparmor.host_root / SECURITYFS / "profiles").read_text(),
+               what="simulated unload")
+
+
+def test_taint_is_removed_only_after_the_files_exist(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    objs = [seccomp_profile(namespace, f"p{i}") for i in range(20)]
+    for obj in objs:
+        create(cluster, obj)
+    agent = agents(taints=(TAINT,), start=False)
+    node_path = f"/api/v1/nodes/{agent.node}"
+    assert cluster.get(node_path)["spec"]["taints"][0]["key"] == TAINT["key"]
+    agent.start()
+    observed_tainted_without_files = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        files_there = all(agent.file(namespace, f"p{i}").exists() for i in range(20))
+        taints = cluster.get(node_path)["spec"].get("taints") or []
+        if not any(t["key"] == TAINT["key"] for t in taints):
+            # The taint was gone at this read; the files were read before it: they must all have been there.
+            assert files_there or all(agent.file(namespace, f"p{i}").exists() for i in range(20))
+            break
+        observed_tainted_without_files |= not files_there
+        time.sleep(0.02)
+    else:
+        raise AssertionError("taint never removed")
+    assert node_status(cluster, agent.node)["ready"] is True
+    assert agent.http("/readyz") == 200
+    print(f"\ntaint: observed tainted-without-files phase: {observed_tainted_without_files}")
+
+
+def test_stale_files_from_an_earlier_run_are_cleaned_up_on_start(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    create(cluster, seccomp_profile(namespace, "current"))
+    agent = agents(start=False)
+    stale = agent.file("gone-namespace", "old")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    crash_leftover = agent.file(namespace, "current").parent / ".tmp-current.json.deadbeef"
+    crash_leftover.parent.mkdir(parents=True)
+    crash_leftover.write_text('{"partial')
+    theirs = agent.host_root / "var/lib/kubelet/seccomp/not-ours.json"
+    theirs.write_text("{}")
+    agent.start()
+    eventually(lambda: agent.http("/readyz") == 200, what="ready")
+    assert agent.file(namespace, "current").exists()
+    assert not stale.exists() and not stale.parent.exists() and not crash_leftover.exists()
+    assert theirs.read_text() == "{}"
+
+
+def test_kill_9_mid_sync_then_restart_converges_without_partial_files(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    count = 300
+    objs = [seccomp_profile(namespace, f"p{i:03}", syscalls=["chmod", "mkdir"] if i % 2 else None)
+            for i in range(count)]
+    for obj in objs:
+        create(cluster, obj)
+    expected = {obj["metadata"]["name"]: rendered(obj) for obj in objs}
+    agent = agents()
+    directory = agent.seccomp_root / namespace
+    eventually(lambda: directory.is_dir() and len(os.listdir(directory)) >= 20, timeout=60, what="sync under way")
+    agent.kill()
+    written = [p for p in directory.iterdir() if not p.name.startswith(".tmp-")]
+    assert len(written) > 0, "killed before anything was written"
+    for path in written:  # every final path holds a complete, exact rendering
+        assert path.read_bytes() == expected[path.name.removesuffix(".json")].content
+    print(f"\nkill -9 after {len(written)}/{count} files")
+
+    started = time.monotonic()
+    agent.start()
+    eventually(lambda: agent.http("/readyz") == 200, timeout=120, what="ready after restart")
+    print(f"restart converged {count} profiles in {time.monotonic() - started:.1f}s")
+    assert sorted(os.listdir(directory)) == sorted(f"{name}.json" for name in expected)
+    profiles_status = node_status(cluster, agent.node)["profiles"]
+    for name, render in expected.items():
+        assert agent.file(namespace, name).read_bytes() == render.content
+        assert profiles_status[f"seccomp/{namespace}/{name}"] == {"contentHash": render.content_hash,
+                                                                 "state": "Installed"}
+
+
+def test_agent_written_file_is_enforced_by_podman_and_runc(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str, podman: Runner) -> None:  # noqa: F811
+    create(cluster, seccomp_profile(namespace, "prevent-chmod"))
+    agent = agents()
+    path = agent.file(namespace, "prevent-chmod")
+    eventually(path.exists, what="profile file")
+    result = podman("touch /tmp/f && chmod 600 /tmp/f; echo rc=$?", seccomp=path)
+    assert result.stdout.strip() == "rc=1"
+    assert "Operation not permitted" in result.stderr
+    assert podman("touch /tmp/f && chmod 600 /tmp/f; echo rc=$?").stdout.strip() == "rc=0"
+
+
+def test_rss_with_100_and_1000_profiles(
+        cluster: DevCluster, agents: Callable[..., AgentProcess], namespace: str) -> None:
+    agent = agents()
+    figures = []
+    for target in (100, 1000):
+        have = len(os.listdir(agent.seccomp_root / namespace)) if (agent.seccomp_root / namespace).exists() else 0
+        started = time.monotonic()
+        for i in range(have, target):
+            create(cluster, seccomp_profile(namespace, f"p{i:04}", syscalls=["chmod", "mkdir", "rmdir"][: 1 + i % 3]))
+        created = time.monotonic()
+        eventually(lambda t=target: node_status(cluster, agent.node).get("summary", {}).get("installed", 0) >= t,
+                   timeout=300, what=f"{target} installed")
+        done = time.monotonic()
+        memory = agent.memory()
+        figures.append((target, memory, created - started, done - created))
+        print(f"\nagent with {target} seccomp profiles: VmRSS {memory['VmRSS'] / 1024:.1f} MiB, "
+              f"VmHWM {memory['VmHWM'] / 1024:.1f} MiB (creating took {created - started:.1f}s, "
+              f"status caught up {done - created:.1f}s later)")
+    assert figures[-1][1]["VmHWM"] < 64 * 1024, figures
+    # Restart with 1000 in place: a full resync from scratch.
+    agent.stop()
+    started = time.monotonic()
+    agent.start()
+    eventually(lambda: agent.http("/readyz") == 200, timeout=300, what="ready after restart")
+    memory = agent.memory()
+    print(f"restart with 1000 profiles: ready in {time.monotonic() - started:.1f}s, "
+          f"VmRSS {memory['VmRSS'] / 1024:.1f} MiB, VmHWM {memory['VmHWM'] / 1024:.1f} MiB")
+    assert memory["VmHWM"] < 64 * 1024
+
+    # A new node joining a cluster that has 1000 profiles: nothing on disk yet.
+    fresh = agents(start=False)
+    started = time.monotonic()
+    fresh.start()
+    eventually(lambda: fresh.http("/readyz") == 200, timeout=300, what="new node ready")
+    memory = fresh.memory()
+    print(f"new node with 1000 profiles to write: ready in {time.monotonic() - started:.1f}s, "
+          f"VmHWM {memory['VmHWM'] / 1024:.1f} MiB")
+    assert len(os.listdir(fresh.seccomp_root / namespace)) == 1000
+    assert memory["VmHWM"] < 64 * 1024
