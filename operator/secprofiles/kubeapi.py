@@ -242,7 +242,7 @@ async def list_and_watch(api: KubeApi, path: str, on_event: EventHandler,
         try:
             listing = await api.request("GET", path)
             version = listing["metadata"]["resourceVersion"]
-            current = {_key(item): item for item in listing.get("items", [])}
+            current = {_key(item): item for item in listing.get("items") or []}
             for key, item in known.items():
                 if key not in current:
                     await on_event("DELETED", item)

@@ -43,7 +43,7 @@ async def install_crds(api: KubeApi) -> None:
 
         async def established(name: str = name) -> bool:
             crd = await api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conditions = (crd or {}).get("status", {}).get("conditions", [])
+            conditions = ((crd or {}).get("status") or {}).get("conditions") or []
             return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         await wait_for(established, what=f"CRD {name} Established")
@@ -70,7 +70,7 @@ async def create_node(api: KubeApi, name: str, taints: list[dict[str, str]] | No
 async def delete_everything(api: KubeApi, kind: str) -> None:
     """Delete every object of one kind (finalizers removed), to isolate tests."""
     listing = await api.request("GET", resource_path(kind))
-    for item in listing.get("items", []):
+    for item in listing.get("items") or []:
         meta = item["metadata"]
         path = resource_path(kind, meta.get("namespace"), meta["name"])
         await api.delete(path)

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from secprofiles import schema
-from secprofiles.controller.reconciler import FINALIZER, Reconciler
+from secprofiles.controller.reconciler import Reconciler
 from secprofiles.controller.state import ClusterState
 from secprofiles.kubeapi import Credentials, KubeApi
 
@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering."""
-    settings.persistence.finalizer = FINALIZER
+    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering.
+
+    Kopf's own finalizer name stays distinct from ours: Kopf strips its finalizer from objects whose
+    handlers do not need one, and ours must survive until no pod uses the profile.
+    """
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.posting.enabled = False  # the reconciler posts the Events a person cares about
@@ -42,6 +45,11 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
     def mark(keys: set[str]) -> None:
         if keys and "reconciler" in runtime:
             runtime["reconciler"].mark(keys)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Explicit, so Kopf never falls back to the heavy official client for credentials.
+        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -124,7 +124,7 @@ class Reconciler:
         params = {"limit": "500"}
         while True:
             page = await self.api.request("GET", "/api/v1/pods", params=params)
-            for pod in page.get("items", []):
+            for pod in page.get("items") or []:
                 if key in podrefs.references(pod):
                     meta = pod["metadata"]
                     users.append(f"{meta['namespace']}/{meta['name']}")
