@@ -228,7 +228,7 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
     reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
     reader.start()
     tail: deque[str] = deque(maxlen=60)
-    count = 0
+    count = downloads = 0
     last_report = start
     try:
         while True:
@@ -241,13 +241,16 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
             now = time.monotonic()
             if line:
                 tail.append(line)
-                if not line.startswith(("go: ", "#")) and " " not in line:
-                    count += 1
+                if line.startswith("go: downloading "):
+                    downloads += 1
+                elif not line.startswith(("go: ", "#")) and " " not in line:
+                    count += 1  # `go build -v` names each package it compiles
                 else:
-                    _log(f"go: {line}")
+                    _log(f"go build: {line}")
             if now - last_report >= _PROGRESS_INTERVAL:
                 what = f", last: {tail[-1]}" if tail else ""
-                _log(f"build: {count} packages compiled, {now - start:.0f}s elapsed{what}")
+                fetched = f"{downloads} modules downloaded, " if downloads else ""
+                _log(f"build: {fetched}{count} packages compiled, {now - start:.0f}s elapsed{what}")
                 last_report = now
         rc = proc.wait()
     except BaseException:
@@ -257,7 +260,7 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
     elapsed = time.monotonic() - start
     if rc != 0:
         raise BuildError(f"go build failed (exit {rc}) after {elapsed:.0f}s:\n" + "\n".join(tail))
-    _log(f"build finished: {count} packages compiled in {elapsed:.0f}s")
+    _log(f"build finished: {downloads} modules downloaded, {count} packages compiled in {elapsed:.0f}s")
 
 
 def ensure_binary(src: Path | None = None, *, force: bool = False) -> Path:
