@@ -42,6 +42,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -89,8 +90,10 @@ SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/24"
 #: off so that simulated Node objects (which have no kubelet heart-beating) stay Ready.
 DEFAULT_CONTROLLERS: Final = "*,-node-lifecycle-controller"
 
-#: Bump when the way the binary is built changes (part of the cache key).
+#: Bump when the way the binary is built changes (part of the cache key, with the build flags).
 _BUILD_RECIPE: Final = "controlplane-build-v1"
+#: -buildvcs=false: the binary must not depend on (or fail over) the work tree's git state.
+_BUILD_FLAGS: Final = ("-trimpath", "-buildvcs=false")
 _PROGRESS_INTERVAL: Final = 15.0
 _LOG_TAIL_LINES: Final = 40
 
@@ -157,6 +160,7 @@ def source_key(src: Path | None = None) -> str:
     src = src or default_source_dir()
     h = hashlib.sha256()
     h.update(_BUILD_RECIPE.encode())
+    h.update(" ".join(_BUILD_FLAGS).encode())
     for path in _source_files(src):
         rel = path.relative_to(src).as_posix().encode()
         data = path.read_bytes()
@@ -211,10 +215,10 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
     go = shutil.which("go")
     if go is None:
         raise BuildError("the Go toolchain ('go') is not on PATH; it is needed to build tools/controlplane")
-    cmd = [go, "build", "-trimpath", "-p", str(min(os.cpu_count() or 2, 4)), "-v"]
+    cmd = [go, "build", *_BUILD_FLAGS, "-p", str(min(os.cpu_count() or 2, 4)), "-v"]
     cmd += ["-ldflags", _ldflags(version), "-o", str(out), "."]
     _log(f"building control plane {version} in {src} (first build takes several minutes)")
-    _log("$ " + " ".join(cmd))
+    _log("$ " + shlex.join(cmd))
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd, cwd=src, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -224,7 +228,7 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
     reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
     reader.start()
     tail: deque[str] = deque(maxlen=60)
-    count = 0
+    count = downloads = 0
     last_report = start
     try:
         while True:
@@ -237,13 +241,16 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
             now = time.monotonic()
             if line:
                 tail.append(line)
-                if not line.startswith(("go: ", "#")) and " " not in line:
-                    count += 1
+                if line.startswith("go: downloading "):
+                    downloads += 1
+                elif not line.startswith(("go: ", "#")) and " " not in line:
+                    count += 1  # `go build -v` names each package it compiles
                 else:
-                    _log(f"go: {line}")
+                    _log(f"go build: {line}")
             if now - last_report >= _PROGRESS_INTERVAL:
                 what = f", last: {tail[-1]}" if tail else ""
-                _log(f"build: {count} packages compiled, {now - start:.0f}s elapsed{what}")
+                fetched = f"{downloads} modules downloaded, " if downloads else ""
+                _log(f"build: {fetched}{count} packages compiled, {now - start:.0f}s elapsed{what}")
                 last_report = now
         rc = proc.wait()
     except BaseException:
@@ -253,7 +260,7 @@ def _run_go_build(src: Path, out: Path, version: str) -> None:
     elapsed = time.monotonic() - start
     if rc != 0:
         raise BuildError(f"go build failed (exit {rc}) after {elapsed:.0f}s:\n" + "\n".join(tail))
-    _log(f"build finished: {count} packages compiled in {elapsed:.0f}s")
+    _log(f"build finished: {downloads} modules downloaded, {count} packages compiled in {elapsed:.0f}s")
 
 
 def ensure_binary(src: Path | None = None, *, force: bool = False) -> Path:
@@ -774,6 +781,11 @@ class DevCluster:
             server=True,
         )
         ca.write_pair(pki, "admin", "secprofiles-admin", organizations=["system:masters"], client=True)
+        # Front proxy (request-header authentication) for the aggregation layer, as kubeadm sets it up;
+        # without it every delegating component logs errors about a missing requestheader CA.
+        front_proxy_ca = CertificateAuthority.create("secprofiles-devcluster-front-proxy-ca")
+        _write(pki / "front-proxy-ca.crt", front_proxy_ca.cert_pem)
+        front_proxy_ca.write_pair(pki, "front-proxy-client", "front-proxy-client", client=True)
         ca.write_pair(pki, "controller-manager", "system:kube-controller-manager", client=True)
         sa_key = ec.generate_private_key(ec.SECP256R1())
         _write(pki / "sa.key", _key_pem(sa_key), 0o600)
@@ -786,6 +798,7 @@ class DevCluster:
 
     def _etcd_args(self, client_port: int, peer_port: int) -> list[str]:
         return [
+            "--name=devcluster",
             f"--data-dir={self._paths.etcd_data}",
             f"--listen-client-urls=http://127.0.0.1:{client_port}",
             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
@@ -806,6 +819,13 @@ class DevCluster:
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={self.ca_file}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",

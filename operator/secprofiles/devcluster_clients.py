@@ -323,10 +323,15 @@ def create_node(
             },
         }
     }
+    cluster.api(
+        "PATCH", f"/api/v1/nodes/{_q(name)}/status", status, content_type="application/merge-patch+json"
+    )
+    # The TaintNodesByCondition admission plugin gave the new node node.kubernetes.io/not-ready,
+    # which the (disabled) node lifecycle controller would lift once Ready: keep exactly ``taints``.
     return cluster.api(
         "PATCH",
-        f"/api/v1/nodes/{_q(name)}/status",
-        status,
+        f"/api/v1/nodes/{_q(name)}",
+        {"spec": {"taints": spec.get("taints")}},
         content_type="application/merge-patch+json",
     )
 

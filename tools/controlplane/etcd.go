@@ -23,6 +23,7 @@ func runEtcd(args []string) int {
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn, error")
 	noFsync := fs.Bool("unsafe-no-fsync", false, "disable fsync (tests only: data may be lost on crash)")
 	quota := fs.Int64("quota-backend-bytes", 0, "backend size quota in bytes (0 = etcd default)")
+	slowRequest := fs.Duration("warning-unary-request-duration", embed.DefaultWarningUnaryRequestDuration, "log requests slower than this")
 	startTimeout := fs.Duration("start-timeout", 60*time.Second, "how long to wait for the server to become ready")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -38,6 +39,8 @@ func runEtcd(args []string) int {
 	cfg.LogLevel = *logLevel
 	cfg.LogOutputs = []string{"stderr"}
 	cfg.UnsafeNoFsync = *noFsync
+	// embed.NewConfig leaves this at 0, which logs every request as slow.
+	cfg.WarningUnaryRequestDuration = *slowRequest
 	if *quota > 0 {
 		cfg.QuotaBackendBytes = *quota
 	}
