@@ -6,10 +6,13 @@ own tests cover the node side.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,13 +35,16 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path) -> None:
         self.kubeconfig, self.log = kubeconfig, log
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port, self.health_port = free_port(), free_port()
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig), "--standalone",
-                 "--metrics-port", "0", "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
+                 "--metrics-port", str(self.metrics_port),
+                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
@@ -51,6 +57,12 @@ class OperatorProcess:
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +253,18 @@ async def test_operator_writes_only_status_and_its_finalizer(api: KubeApi) -> No
     assert meta["finalizers"] == [FINALIZER]
     assert meta["generation"] == 1
     assert set(obj["status"]) - {"kopf"} >= {"phase", "conditions", "observedGeneration", "contentHash"}
+
+
+async def test_liveness_and_metrics_endpoints(api: KubeApi, operator: OperatorProcess) -> None:
+    await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("observed"))
+    await wait_status(api, "observed", lambda s: s.get("phase") == "Installing")
+
+    def fetch(port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    assert await asyncio.to_thread(fetch, operator.health_port, "/healthz")
+    metrics = await asyncio.to_thread(fetch, operator.metrics_port, "/metrics")
+    assert 'secprofiles_reconciles_total{kind="SeccompProfile"}' in metrics
+    assert 'secprofiles_profiles{kind="SeccompProfile",phase="Installing"}' in metrics
