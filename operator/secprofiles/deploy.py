@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -31,6 +32,7 @@ __all__ = [
     "kubectl",
     "node_bound_agent_token",
     "render",
+    "render_resources",
 ]
 
 NAMESPACE: Final = "secprofiles-system"
@@ -92,6 +94,28 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def render_resources(directory: Path) -> list[dict[str, Any]]:
+    """NOT kustomize: the objects of a kustomization's ``resources`` (files and nested directories), untransformed.
+
+    Enough for the sandbox when ``kubectl`` is missing: the base's CRDs, namespace, service accounts, RBAC and
+    admission policies need none of kustomize's transformations (images, labels, patches are ignored here).
+    """
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if (directory / name).is_file():
+            spec = yaml.safe_load((directory / name).read_text())
+            break
+    else:
+        raise FileNotFoundError(f"no kustomization in {directory}")
+    objects: list[dict[str, Any]] = []
+    for entry in spec.get("resources") or []:
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            objects.extend(render_resources(path))
+        else:
+            objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return objects
+
+
 def collection_path(obj: Mapping[str, Any]) -> str:
     """The REST collection of ``obj`` (its namespace's, for namespaced kinds)."""
     prefix, plural, namespaced = REST[obj["kind"]]
@@ -142,7 +166,7 @@ def apply(cluster: DevCluster, objects: Iterable[Mapping[str, Any]], *, field_ma
                 for crd in ordered:
                     if crd["kind"] == "CustomResourceDefinition":
                         name = crd["metadata"]["name"]
-                        _wait(lambda name=name: _established(cluster, name), 60, f"CRD {name} Established")
+                        _wait(partial(_established, cluster, name), 60, f"CRD {name} Established")
         results.append(cluster.api("PATCH", f"{item_path(obj)}?{urlencode(params)}", dict(obj),
                                    content_type="application/apply-patch+yaml"))
         if on_applied is not None:
