@@ -24,7 +24,8 @@ def _stage(name: str) -> str:
 def test_base_is_pinned_python_311_slim_bookworm_with_a_digest_placeholder() -> None:
     assert re.search(r"^ARG PYTHON_IMAGE=docker\.io/library/python:3\.11-slim-bookworm$", TEXT, re.M)
     assert "BASE IMAGE DIGEST" in TEXT and "@sha256:" in TEXT  # the documented place for the digest
-    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in TEXT.splitlines() if line.startswith("FROM "))
+    sources = [line.split()[1] for line in TEXT.splitlines() if line.startswith("FROM ")]
+    assert set(sources) == {"${PYTHON_IMAGE}", "runtime"}  # every image starts from the one pinned base
 
 
 def test_operator_runs_non_root_and_agent_as_documented() -> None:
