@@ -1,7 +1,7 @@
 # The README's commands. `make test` is what CI runs (.ci/run).
 PYTHON ?= python3
 
-.PHONY: install test test-slow lint
+.PHONY: install test test-slow lint sandbox
 
 install:
 	./scripts/install.sh
@@ -17,3 +17,8 @@ test: lint
 # The slow, nightly-style suites (crash loops, long fuzzing).
 test-slow: install
 	$(PYTHON) -m pytest -m slow
+
+# The README's first command: a local control plane, the operator and two simulated nodes, live status table.
+# Ctrl-C stops and cleans up. ARGS="--once" or ARGS="--duration 60" for a short run.
+sandbox: install
+	PYTHONPATH=operator $(PYTHON) -m secprofiles.sandbox $(ARGS)

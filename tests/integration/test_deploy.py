@@ -1,0 +1,304 @@
+"""``manifests/`` against the real control plane: everything applies, and the RBAC + admission policies are
+exactly enough for the operator and the agent, which run as local processes AS the manifests' service accounts.
+
+The agent's token is minted like the kubelet's projected token: bound to a Pod object on the agent's Node, so it
+carries ``authentication.kubernetes.io/node-name`` and the ValidatingAdmissionPolicies can tell which node it is.
+Rendering needs ``kubectl`` (which carries kustomize); without it these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secprofiles import deploy, profiles
+from secprofiles.devcluster import ApiError, DevCluster
+from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
+from tests.conftest import REPO
+from tests.integration.test_agent import AgentProcess, eventually
+
+pytestmark = [
+    pytest.mark.controlplane,
+    pytest.mark.skipif(deploy.kubectl() is None, reason="kubectl (kustomize) is needed to render manifests/"),
+]
+NS = deploy.NAMESPACE
+GROUP = "/apis/secprofiles.io/v1alpha1"
+TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
+MERGE = "application/merge-patch+json"
+DENIED = (403,)  # the policies deny with reason Forbidden: never 422, which the agent reads as a lost race
+FORBIDDEN_MARKERS = ("403", "forbidden", "Forbidden", "Not enough permissions")
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """``kubectl kustomize manifests/`` (the base, through the top-level kustomization)."""
+    return deploy.render(REPO / "manifests")
+
+
+@pytest.fixture(scope="module")
+def installed(devcluster: DevCluster, rendered: list[dict[str, Any]]) -> Iterator[DevCluster]:
+    """ALL of the rendered manifests, server-side applied for real; policies and workloads removed afterwards.
+
+    (The other suites of the session use the agent's service account with unbound tokens; the policies
+    would rightly refuse those.)
+    """
+    deploy.apply(devcluster, rendered)
+    yield devcluster
+    for obj in rendered:
+        if obj["kind"] in ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "Deployment",
+                           "DaemonSet"):
+            devcluster.api("DELETE", deploy.item_path(obj), ok=(200, 202, 404))
+
+
+def _one(rendered: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in rendered if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def test_everything_applies_and_is_stored(installed: DevCluster, rendered: list[dict[str, Any]]) -> None:
+    kinds = {o["kind"] for o in rendered}
+    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+            "Deployment", "DaemonSet", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+            "PodDisruptionBudget", "NetworkPolicy", "ClusterKopfPeering"} <= kinds
+    for obj in rendered:
+        stored = installed.get(deploy.item_path(obj))
+        assert stored["metadata"]["name"] == obj["metadata"]["name"]
+    for vap in (o for o in rendered if o["kind"] == "ValidatingAdmissionPolicy"):
+        # Typed CEL checking happens asynchronously; a type error would show up here.
+        def checked(vap: dict[str, Any] = vap) -> Any:
+            status = installed.get(deploy.item_path(vap)).get("status") or {}
+            return status if status.get("observedGeneration") else None
+
+        status = eventually(checked, timeout=30, what="VAP type checking")
+        assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
+    images = {c["image"] for o in rendered if o["kind"] in ("Deployment", "DaemonSet")
+              for c in o["spec"]["template"]["spec"]["containers"]}
+    assert images == {"ghcr.io/secprofiles/secprofiles-operator:0.1.0", "ghcr.io/secprofiles/secprofiles-agent:0.1.0"}
+
+
+def test_sandbox_fallback_reads_the_same_objects(rendered: list[dict[str, Any]]) -> None:
+    """Without kubectl the sandbox reads the base's resources untransformed: the same objects."""
+    plain = deploy.render_resources(REPO / "manifests/base")
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in plain) == \
+        sorted((o["kind"], o["metadata"]["name"]) for o in rendered)
+
+
+@pytest.mark.parametrize("overlay", ["seccomp-only", "cert-manager", "kubelet-root"])
+def test_overlays_render(overlay: str) -> None:
+    objects = deploy.render(REPO / "manifests/overlays" / overlay)
+    agent = _one(objects, "DaemonSet", "secprofiles-agent")["spec"]["template"]["spec"]
+    operator = _one(objects, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]
+    container = agent["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    paths = {v["name"]: v.get("hostPath", {}).get("path") for v in agent["volumes"]}
+    if overlay == "seccomp-only":
+        assert "add" not in container["securityContext"]["capabilities"]
+        assert container["securityContext"]["appArmorProfile"] == {"type": "RuntimeDefault"}
+        assert "securityfs" not in mounts and "securityfs" not in paths
+    elif overlay == "kubelet-root":
+        assert "--kubelet-root=/var/lib/k0s/kubelet" in container["args"]
+        assert mounts["seccomp"] == "/host/var/lib/k0s/kubelet/seccomp/secprofiles"
+        assert paths["seccomp"] == "/var/lib/k0s/kubelet/seccomp/secprofiles"
+    else:
+        assert "--cert-source=files" in operator["containers"][0]["args"]
+        assert {o["kind"] for o in objects} >= {"Certificate", "Issuer"}
+
+
+# --------------------------------------------------------------------------- Pod Security
+
+
+def _as_pod(workload: dict[str, Any], namespace: str) -> dict[str, Any]:
+    template = workload["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": workload["metadata"]["name"], "namespace": namespace,
+                         "labels": template["metadata"].get("labels", {})},
+            "spec": template["spec"]}
+
+
+def test_operator_meets_restricted_and_agent_needs_privileged(installed: DevCluster,
+                                                               rendered: list[dict[str, Any]]) -> None:
+    namespace = f"psa-{uuid.uuid4().hex[:6]}"
+    installed.api("POST", "/api/v1/namespaces", {"metadata": {"name": namespace, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    try:
+        for account in ("secprofiles-operator", "secprofiles-agent"):
+            installed.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                          {"metadata": {"name": account}, "automountServiceAccountToken": False})
+        pods = f"/api/v1/namespaces/{namespace}/pods?dryRun=All"
+        operator = _as_pod(_one(rendered, "Deployment", "secprofiles-operator"), namespace)
+        status, body = installed.request("POST", pods, operator)
+        assert status == 201, body.decode()
+        agent = _as_pod(_one(rendered, "DaemonSet", "secprofiles-agent"), namespace)
+        status, body = installed.request("POST", pods, agent)
+        assert status == 403, body.decode()
+        message = json.loads(body)["message"]
+        assert "violates PodSecurity" in message and "hostPath" in message and "MAC_ADMIN" in message
+    finally:
+        installed.api("DELETE", f"/api/v1/namespaces/{namespace}", ok=(200, 202, 404))
+    labels = _one(rendered, "Namespace", NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+# --------------------------------------------------------------------------- least privilege, proven
+
+
+class OperatorProcess:
+    """``python -m secprofiles.controller`` with peering (as deployed), as the operator's service account."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.log = log
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "operator")}
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(kubeconfig), "--priority", "7",
+                 "--metrics-port", "0", "--liveness", ""], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _forbidden_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if any(marker in line for marker in FORBIDDEN_MARKERS)]
+
+
+def _profile(namespace: str, names: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+            "metadata": {"name": "prevent-chmod", "namespace": namespace},
+            "spec": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": names, "action": "SCMP_ACT_ERRNO"}]}}
+
+
+def _phase(cluster: DevCluster, path: str, content_hash: str) -> bool:
+    status = cluster.get(path).get("status") or {}
+    return status.get("phase") == "Installed" and status.get("contentHash") == content_hash
+
+
+def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed: DevCluster,
+                                                                        tmp_path: Path) -> None:
+    cluster = installed
+    node, other = f"deploy-{uuid.uuid4().hex[:6]}", f"deploy-{uuid.uuid4().hex[:6]}"
+    namespace = f"team-{uuid.uuid4().hex[:6]}"
+    for leftover in cluster.get("/api/v1/nodes")["items"]:  # the operator counts every node as desired
+        delete_node(cluster, leftover["metadata"]["name"])
+    create_node(cluster, node, taints=[TAINT])
+    cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    operator_creds = service_account_kubeconfig(cluster, NS, "secprofiles-operator", path=tmp_path / "operator.kc")
+    token, pod = deploy.node_bound_agent_token(cluster, node)
+    agent_kc = deploy.write_token_kubeconfig(cluster, tmp_path / "agent.kc",
+                                             "system:serviceaccount:secprofiles-system:secprofiles-agent", token)
+    operator = OperatorProcess(operator_creds.kubeconfig, tmp_path / "operator.log")
+    agent = AgentProcess(agent_kc, node, tmp_path / node, apparmor=True)
+    try:
+        agent.start()
+        # Peering as deployed: the operator announces itself in the ClusterKopfPeering "secprofiles".
+        eventually(lambda: cluster.get("/apis/kopf.dev/v1/clusterkopfpeerings/secprofiles").get("status"),
+                   timeout=30, what="the operator in the peering object")
+        # The agent removes the readiness taint from its own Node: allowed by RBAC + VAP.
+        eventually(lambda: not (cluster.get(f"/api/v1/nodes/{node}")["spec"].get("taints")), timeout=30,
+                   what="the agent to remove its node's taint")
+        eventually(lambda: cluster.get(f"{GROUP}/nodeprofilestatuses/{node}")["status"]["ready"], what="ready")
+
+        # Full lifecycle: create -> Installed on the node -> update -> delete.
+        obj = _profile(namespace, ["chmod", "fchmodat"])
+        path = f"{GROUP}/namespaces/{namespace}/seccompprofiles/prevent-chmod"
+        cluster.api("POST", f"{GROUP}/namespaces/{namespace}/seccompprofiles", obj)
+        first = profiles.evaluate_sync(obj).rendered
+        assert first is not None
+        eventually(lambda: _phase(cluster, path, first.content_hash), timeout=60, what="Installed (operator)")
+        assert agent.file(namespace, "prevent-chmod").read_bytes() == first.content
+
+        updated = _profile(namespace, ["chmod", "fchmodat", "fchmod"])
+        cluster.api("PATCH", path, {"spec": updated["spec"]}, content_type=MERGE)
+        second = profiles.evaluate_sync(updated).rendered
+        assert second is not None and second.content_hash != first.content_hash
+        eventually(lambda: _phase(cluster, path, second.content_hash), timeout=60, what="update Installed")
+        assert agent.file(namespace, "prevent-chmod").read_bytes() == second.content
+
+        cluster.api("DELETE", path)
+        eventually(lambda: cluster.request("GET", path)[0] == 404, timeout=60,
+                   what="deletion (the operator releases its finalizer)")
+        eventually(lambda: not agent.file(namespace, "prevent-chmod").exists(), what="file removed from the node")
+        eventually(lambda: f"seccomp/{namespace}/prevent-chmod" not in (
+            cluster.get(f"{GROUP}/nodeprofilestatuses/{node}")["status"].get("profiles") or {}), what="entry dropped")
+    finally:
+        agent.stop()
+        operator.stop()
+
+    operator_log = (tmp_path / "operator.log").read_text(errors="replace")
+    assert "standalone" not in operator_log.lower(), operator_log[-3000:]
+    assert not _forbidden_lines(tmp_path / "operator.log"), _forbidden_lines(tmp_path / "operator.log")
+    assert not _forbidden_lines(agent.log), _forbidden_lines(agent.log)
+
+    # --- what the agent's identity may NOT do -------------------------------------------------------------
+    create_node(cluster, other, taints=[TAINT])
+    cluster.api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"taints": [
+        TAINT, {"key": "example.com/other", "effect": "NoSchedule"}]}}, content_type=MERGE)
+    cluster.api("POST", f"{GROUP}/nodeprofilestatuses", {
+        "apiVersion": "secprofiles.io/v1alpha1", "kind": "NodeProfileStatus", "metadata": {"name": other}})
+
+    seen: list[str] = []
+
+    def as_agent(method: str, api_path: str, body: Any, content_type: str = MERGE, bearer: str = token) -> int:
+        status, raw = cluster.request(method, api_path, body, content_type=content_type, token=bearer)
+        message = json.loads(raw).get("message", "") if raw else ""
+        assert "resulted in error" not in message, message  # denied by a rule, not by a broken expression
+        seen.append(f"{status} {method} {api_path}: {message}")
+        return status
+
+    own, theirs = f"/api/v1/nodes/{node}", f"/api/v1/nodes/{other}"
+    # Another node: not even the readiness taint.
+    assert as_agent("PATCH", theirs, {"spec": {"taints": None}}) in DENIED
+    # Its own node: no labels, no annotations, no other taint removed, no taint added, no unschedulable.
+    assert as_agent("PATCH", own, {"metadata": {"labels": {"evil": "yes"}}}) in DENIED
+    assert as_agent("PATCH", own, {"metadata": {"annotations": {"evil": "yes"}}}) in DENIED
+    assert as_agent("PATCH", own, {"spec": {"taints": None}}) in DENIED
+    assert as_agent("PATCH", own, {"spec": {"taints": [TAINT]}}) in DENIED  # drops example.com/other
+    assert as_agent("PATCH", own, {"spec": {"taints": [
+        TAINT, {"key": "example.com/other", "effect": "NoSchedule"},
+        {"key": "x", "effect": "NoExecute"}]}}) in DENIED
+    assert as_agent("PATCH", own, {"spec": {"unschedulable": True}}) in DENIED
+    assert as_agent("DELETE", own, None) == 403  # RBAC: no delete
+    # Another node's NodeProfileStatus: neither create nor write status.
+    assert as_agent("PATCH", f"{GROUP}/nodeprofilestatuses/{other}/status",
+                    {"status": {"ready": True}}) in DENIED
+    npstatus = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "NodeProfileStatus",
+                "metadata": {"name": f"{other}-x"}}
+    assert as_agent("POST", f"{GROUP}/nodeprofilestatuses", npstatus, "application/json") in DENIED
+    # A token not bound to a pod (no node-name claim) may touch no node, not even to drop the taint.
+    unbound = request_token(cluster, NS, "secprofiles-agent")
+    assert as_agent("PATCH", theirs, {"spec": {"taints": None}}, bearer=unbound) in DENIED
+    # And the positive control: exactly what the agent does is still allowed on its own node.
+    assert as_agent("PATCH", own, {"spec": {"taints": [{"key": "example.com/other", "effect": "NoSchedule"}]}}) \
+        == 200
+    assert cluster.get(own)["spec"]["taints"] == [{"key": "example.com/other", "effect": "NoSchedule"}]
+    reasons = "\n".join(seen)
+    for expected in ("may not change Node " + other, "may not change metadata.labels",
+                     "may not change metadata.annotations", "may only remove the secprofiles.io/not-ready taint",
+                     "may not add or change taints", "may not change spec.unschedulable",
+                     "may not write NodeProfileStatus " + other, "<none: token not bound to a pod>",
+                     'cannot delete resource "nodes"'):
+        assert expected in reasons, reasons
+
+    for name in (node, other):
+        delete_node(cluster, name)
+        cluster.api("DELETE", f"{GROUP}/nodeprofilestatuses/{name}", ok=(200, 202, 404))
+    cluster.api("DELETE", f"{GROUP}/nodeprofilestatuses/{other}-x", ok=(200, 202, 404))
+    cluster.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}", ok=(200, 202, 404))
+    cluster.api("DELETE", f"/api/v1/namespaces/{namespace}", ok=(200, 202, 404))
+    with pytest.raises(ApiError):
+        cluster.get(f"{GROUP}/nodeprofilestatuses/{other}-x")
