@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from secprofiles import nodereport
 from secprofiles.controller.reconciler import FINALIZER
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import create_node, delete_everything, ensure_namespace, install_crds, open_api, wait_for
+from tests.integration.kube import (
+    REPO,
+    create_node,
+    delete_everything,
+    ensure_namespace,
+    install_crds,
+    open_api,
+    wait_for,
+)
 
 pytestmark = pytest.mark.controlplane
 NS = "team-a"
@@ -32,8 +41,8 @@ NS = "team-a"
 class OperatorProcess:
     """The operator as a real process, as deployed (but standalone: one replica)."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
+    def __init__(self, kubeconfig: Path, log: Path, peering: tuple[str, ...] = ("--standalone",)) -> None:
+        self.kubeconfig, self.log, self.peering = kubeconfig, log, peering
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port, self.health_port = free_port(), free_port()
 
@@ -41,7 +50,7 @@ class OperatorProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig), "--standalone",
+                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig), *self.peering,
                  "--metrics-port", str(self.metrics_port),
                  "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -268,3 +277,38 @@ async def test_liveness_and_metrics_endpoints(api: KubeApi, operator: OperatorPr
     metrics = await asyncio.to_thread(fetch, operator.metrics_port, "/metrics")
     assert 'secprofiles_reconciles_total{kind="SeccompProfile"}' in metrics
     assert 'secprofiles_profiles{kind="SeccompProfile",phase="Installing"}' in metrics
+
+
+async def test_two_replicas_with_peering_never_both_act(
+        api: KubeApi, operator: OperatorProcess, devcluster: DevCluster, tmp_path: Path) -> None:
+    for doc in yaml.safe_load_all((REPO / "manifests/base/kopf-peering.yaml").read_text()):
+        path = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/" if doc["kind"] == "CustomResourceDefinition"
+                else "/apis/kopf.dev/v1/clusterkopfpeerings/") + doc["metadata"]["name"]
+        await wait_for(lambda path=path, doc=doc: api.patch(path, doc, "apply", params={"fieldManager": "tests"}),
+                       what=f"apply {path}")
+    operator.stop()
+    await create_node(api, "node-1")
+    high = OperatorProcess(devcluster.kubeconfig, tmp_path / "high.log", ("--priority", "200"))
+    low = OperatorProcess(devcluster.kubeconfig, tmp_path / "low.log", ("--priority", "100"))
+    try:
+        high.start()
+        low.start()
+        await wait_for(lambda: _logged(low, "Pausing"), what="the low-priority replica to pause")
+        await api.create(resource_path("SeccompProfile", NS), seccomp("peered"))
+        await wait_status(api, "peered", lambda s: s.get("phase") == "Installing")
+        assert "seccomp/team-a/peered" in high.log.read_text()
+        assert "seccomp/team-a/peered" not in low.log.read_text()
+
+        high.stop()  # a clean stop withdraws from peering, so the other replica takes over at once
+        await wait_for(lambda: _logged(low, "Resuming"), what="the low-priority replica to resume")
+        await api.create(resource_path("SeccompProfile", NS), seccomp("after-failover"))
+        await wait_status(api, "after-failover", lambda s: s.get("phase") == "Installing")
+        assert "seccomp/team-a/after-failover" in low.log.read_text()
+    finally:
+        high.stop()
+        low.stop()
+        await api.delete("/apis/kopf.dev/v1/clusterkopfpeerings/secprofiles")
+
+
+async def _logged(process: OperatorProcess, text: str) -> bool:
+    return process.log.exists() and text in process.log.read_text()
