@@ -516,7 +516,8 @@ class DevCluster:
             print(cluster.kubeconfig, cluster.server, cluster.version)
 
     After :meth:`start` the attributes ``kubeconfig``, ``server``, ``ca_file``,
-    ``admin_cert``, ``admin_key``, ``version`` and ``startup_seconds`` are set;
+    ``admin_cert``, ``admin_key``, ``version``, ``startup_seconds`` (until the API
+    server is ready and the controller-manager healthy) and ``apiserver_ready_seconds`` are set;
     after :meth:`stop`, ``peak_rss_bytes`` (the sum of the processes' VmHWM)
     and ``peak_rss_by_process``.
     """
@@ -575,6 +576,7 @@ class DevCluster:
         self.apiserver_port: int = 0
         self.controller_manager_port: int = 0
         self.startup_seconds: float = 0.0
+        self.apiserver_ready_seconds: float = 0.0
         self.peak_rss_bytes: int = 0
         self.peak_rss_by_process: dict[str, int] = {}
 
@@ -630,6 +632,7 @@ class DevCluster:
 
             self._spawn("kube-apiserver", [str(binary), "kube-apiserver", *self._apiserver_args()])
             self._wait_until("kube-apiserver", deadline, self._apiserver_ready)
+            self.apiserver_ready_seconds = time.monotonic() - t0
             self._write_kubeconfigs()
 
             self._spawn(
@@ -646,7 +649,7 @@ class DevCluster:
         if not self.quiet:
             _log(
                 f"control plane {self.version} ready at {self.server} in {self.startup_seconds:.1f}s "
-                f"(kubeconfig {self.kubeconfig})"
+                f"(apiserver /readyz after {self.apiserver_ready_seconds:.1f}s; kubeconfig {self.kubeconfig})"
             )
         return self
 
