@@ -173,7 +173,7 @@ def kubernetes_version(src: Path | None = None) -> str:
     """The ``k8s.io/kubernetes`` version required by the module's go.mod (e.g. ``v1.34.4``)."""
     src = src or default_source_dir()
     text = (src / "go.mod").read_text()
-    m = re.search(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+\S*)", text, re.MULTILINE)
+    m = re.search(r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+\S*)", text, re.MULTILINE)
     if not m:
         raise BuildError(f"{src / 'go.mod'} does not require k8s.io/kubernetes")
     return m.group(1)

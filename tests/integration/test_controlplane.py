@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secprofiles.devcluster import DevCluster, kubernetes_version
+from secprofiles.devcluster import DevCluster, DevClusterError, kubernetes_version
 from secprofiles.devcluster_clients import (
     api_client,
     create_node,
@@ -447,3 +447,20 @@ def test_validating_admission_policy_is_enabled(kube_api: Any, namespace: str) -
     finally:
         adm.delete_validating_admission_policy_binding(name)
         adm.delete_validating_admission_policy(name)
+
+
+# --------------------------------------------------------------------------- failure reporting
+
+
+def test_start_failure_reports_log_tail_and_cleans_up(devcluster: DevCluster, tmp_path: Path) -> None:
+    broken = DevCluster(
+        tmp_path / "broken", binary=devcluster.binary, apiserver_args=["--no-such-flag"], quiet=True
+    )
+    with pytest.raises(DevClusterError) as err:
+        broken.start()
+    message = str(err.value)
+    assert "kube-apiserver exited" in message
+    assert "unknown flag: --no-such-flag" in message  # from the log tail
+    assert not broken.running
+    # etcd had been started and was stopped again
+    assert set(broken.peak_rss_by_process) == {"etcd", "kube-apiserver"}
