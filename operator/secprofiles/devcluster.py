@@ -173,7 +173,7 @@ def kubernetes_version(src: Path | None = None) -> str:
     """The ``k8s.io/kubernetes`` version required by the module's go.mod (e.g. ``v1.34.4``)."""
     src = src or default_source_dir()
     text = (src / "go.mod").read_text()
-    m = re.search(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+\S*)", text, re.MULTILINE)
+    m = re.search(r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+\S*)", text, re.MULTILINE)
     if not m:
         raise BuildError(f"{src / 'go.mod'} does not require k8s.io/kubernetes")
     return m.group(1)
@@ -516,7 +516,8 @@ class DevCluster:
             print(cluster.kubeconfig, cluster.server, cluster.version)
 
     After :meth:`start` the attributes ``kubeconfig``, ``server``, ``ca_file``,
-    ``admin_cert``, ``admin_key``, ``version`` and ``startup_seconds`` are set;
+    ``admin_cert``, ``admin_key``, ``version``, ``startup_seconds`` (until the API
+    server is ready and the controller-manager healthy) and ``apiserver_ready_seconds`` are set;
     after :meth:`stop`, ``peak_rss_bytes`` (the sum of the processes' VmHWM)
     and ``peak_rss_by_process``.
     """
@@ -575,6 +576,7 @@ class DevCluster:
         self.apiserver_port: int = 0
         self.controller_manager_port: int = 0
         self.startup_seconds: float = 0.0
+        self.apiserver_ready_seconds: float = 0.0
         self.peak_rss_bytes: int = 0
         self.peak_rss_by_process: dict[str, int] = {}
 
@@ -611,44 +613,62 @@ class DevCluster:
         return "\n".join(parts)
 
     def start(self) -> DevCluster:
-        """Start etcd, kube-apiserver and kube-controller-manager; return when ready."""
+        """Start etcd, kube-apiserver and kube-controller-manager; return when ready.
+
+        The free ports are picked just before the components bind them; if another
+        process grabs one in between, the whole start is retried with new ports.
+        """
         if self._procs:
             raise DevClusterError("dev cluster already started")
         binary = self.binary  # build outside the start-up clock
         t0 = time.monotonic()
-        try:
-            self._prepare_pki()
-            etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
-            self.etcd_url = f"http://127.0.0.1:{etcd_client}"
-            self.apiserver_port = api_port
-            self.controller_manager_port = kcm_port
-            self.server = f"https://127.0.0.1:{api_port}"
-            deadline = t0 + self.start_timeout
-
-            self._spawn("etcd", [str(binary), "etcd", *self._etcd_args(etcd_client, etcd_peer)])
-            self._wait_until("etcd", deadline, self._etcd_healthy)
-
-            self._spawn("kube-apiserver", [str(binary), "kube-apiserver", *self._apiserver_args()])
-            self._wait_until("kube-apiserver", deadline, self._apiserver_ready)
-            self._write_kubeconfigs()
-
-            self._spawn(
-                "kube-controller-manager", [str(binary), "kube-controller-manager", *self._kcm_args()]
-            )
-            if self.wait_for_controller_manager:
-                self._wait_until("kube-controller-manager", deadline, self._kcm_healthy)
-            self.version = str(self.get("/version")["gitVersion"])
-        except BaseException:
-            self._failed = True
-            self.stop()
-            raise
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(binary, t0)
+                break
+            except DevClusterError as exc:
+                self._failed = True
+                self.stop()
+                if attempt == attempts or "address already in use" not in str(exc):
+                    raise
+                _log(f"a port was taken by someone else ({exc.args[0].splitlines()[0]}); retrying")
+                shutil.rmtree(self._paths.etcd_data, ignore_errors=True)
+                self._failed = False
+            except BaseException:
+                self._failed = True
+                self.stop()
+                raise
         self.startup_seconds = time.monotonic() - t0
         if not self.quiet:
             _log(
                 f"control plane {self.version} ready at {self.server} in {self.startup_seconds:.1f}s "
-                f"(kubeconfig {self.kubeconfig})"
+                f"(apiserver /readyz after {self.apiserver_ready_seconds:.1f}s; kubeconfig {self.kubeconfig})"
             )
         return self
+
+    def _start_once(self, binary: Path, t0: float) -> None:
+        self._prepare_pki()
+        etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
+        self.etcd_url = f"http://127.0.0.1:{etcd_client}"
+        self.apiserver_port = api_port
+        self.controller_manager_port = kcm_port
+        self.server = f"https://127.0.0.1:{api_port}"
+        self._ssl = None
+        deadline = time.monotonic() + self.start_timeout
+
+        self._spawn("etcd", [str(binary), "etcd", *self._etcd_args(etcd_client, etcd_peer)])
+        self._wait_until("etcd", deadline, self._etcd_healthy)
+
+        self._spawn("kube-apiserver", [str(binary), "kube-apiserver", *self._apiserver_args()])
+        self._wait_until("kube-apiserver", deadline, self._apiserver_ready)
+        self.apiserver_ready_seconds = time.monotonic() - t0
+        self._write_kubeconfigs()
+
+        self._spawn("kube-controller-manager", [str(binary), "kube-controller-manager", *self._kcm_args()])
+        if self.wait_for_controller_manager:
+            self._wait_until("kube-controller-manager", deadline, self._kcm_healthy)
+        self.version = str(self.get("/version")["gitVersion"])
 
     def stop(self) -> None:
         """Stop every process this object started (SIGTERM, then SIGKILL after ``stop_grace``)."""

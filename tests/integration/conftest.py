@@ -12,6 +12,7 @@ against a test's timeout.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -31,10 +32,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the control-plane binary before any test runs (outside per-test timeouts)."""
     if session.config.option.collectonly or not _wants_controlplane(session):
         return
-    try:
-        session.config.stash[_BUILD_RESULT] = ensure_binary()
-    except DevClusterError as exc:
-        session.config.stash[_BUILD_RESULT] = exc
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    # show the build's progress even though output is being captured
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        try:
+            session.config.stash[_BUILD_RESULT] = ensure_binary()
+        except DevClusterError as exc:
+            session.config.stash[_BUILD_RESULT] = exc
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +93,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     cluster = config.stash.get(_CLUSTER, None)
     if cluster is None:
         return
-    line = f"devcluster {cluster.version}: ready in {cluster.startup_seconds:.1f}s"
+    line = (
+        f"devcluster {cluster.version}: ready in {cluster.startup_seconds:.1f}s"
+        f" (apiserver /readyz after {cluster.apiserver_ready_seconds:.1f}s)"
+    )
     if cluster.peak_rss_bytes:
         per = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in cluster.peak_rss_by_process.items())
         line += f", peak RSS {cluster.peak_rss_bytes / 2**20:.0f} MiB ({per})"

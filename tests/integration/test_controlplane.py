@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -19,7 +20,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secprofiles.devcluster import DevCluster, kubernetes_version
+from secprofiles.devcluster import DevCluster, DevClusterError, kubernetes_version
 from secprofiles.devcluster_clients import (
     api_client,
     create_node,
@@ -447,3 +448,48 @@ def test_validating_admission_policy_is_enabled(kube_api: Any, namespace: str) -
     finally:
         adm.delete_validating_admission_policy_binding(name)
         adm.delete_validating_admission_policy(name)
+
+
+# --------------------------------------------------------------------------- failure reporting
+
+
+def test_start_failure_reports_log_tail_and_cleans_up(devcluster: DevCluster, tmp_path: Path) -> None:
+    broken = DevCluster(
+        tmp_path / "broken", binary=devcluster.binary, apiserver_args=["--no-such-flag"], quiet=True
+    )
+    with pytest.raises(DevClusterError) as err:
+        broken.start()
+    message = str(err.value)
+    assert "kube-apiserver exited" in message
+    assert "unknown flag: --no-such-flag" in message  # from the log tail
+    assert not broken.running
+    # etcd had been started and was stopped again
+    assert set(broken.peak_rss_by_process) == {"etcd", "kube-apiserver"}
+
+
+def test_start_retries_when_a_port_is_taken(
+    devcluster: DevCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secprofiles import devcluster as module
+
+    real_free_ports = module._free_ports
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    calls: list[list[int]] = []
+
+    def free_ports(n: int) -> list[int]:
+        ports = real_free_ports(n)
+        if not calls:
+            ports[2] = squatter.getsockname()[1]  # the API server's port is taken
+        calls.append(ports)
+        return ports
+
+    monkeypatch.setattr(module, "_free_ports", free_ports)
+    try:
+        with DevCluster(tmp_path / "retry", binary=devcluster.binary, quiet=True) as cluster:
+            assert len(calls) == 2
+            assert cluster.apiserver_port == calls[1][2] != squatter.getsockname()[1]
+            assert cluster.get("/version")["gitVersion"] == devcluster.version
+    finally:
+        squatter.close()
