@@ -218,7 +218,8 @@ def decide(pod: Object, bindings: Sequence[Binding], profiles: Mapping[str, Prof
                                          f"by {chosen.origin} (overrideExisting)")
             _set(kind, chosen.profile_name, wanted, context, new_annotations, cname, apparmor_field)
             applied.setdefault(cname, []).append(_record(kind, namespace, chosen.profile_name, info))
-            if chosen.binding is not None:
+            if chosen.binding is not None and existing != wanted:
+                # Counted only when it changed something: a reinvocation (reinvocationPolicy IfNeeded) is no new pod.
                 decision.bound.add(chosen.binding.key)
 
     if decision.rejection:

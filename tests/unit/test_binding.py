@@ -143,7 +143,7 @@ def test_pod_level_profile_counts_as_explicit() -> None:
 def test_same_profile_already_set_is_no_conflict() -> None:
     obj = pod({"name": "app", "image": "nginx", "securityContext": {"seccompProfile": SECCOMP_LOCALHOST}})
     result, decision = mutated(obj, [binding(images=["*"])])
-    assert decision.warnings == [] and decision.bound == {"team-a/b"}
+    assert decision.warnings == [] and decision.bound == set()  # nothing changed: not counted again
     assert PROFILES_ANNOTATION in result["metadata"]["annotations"]
 
 
