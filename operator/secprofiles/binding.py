@@ -26,7 +26,6 @@ SECCOMP = schema.SECCOMP_PROFILE
 APPARMOR = schema.APPARMOR_PROFILE
 WARN, REJECT = "Warn", "Reject"
 INSTALLED = "Installed"
-NAMESPACE_LABEL = "secprofiles.io/binding"
 SECCOMP_OPT_IN = "secprofiles.io/seccomp-profile"
 APPARMOR_OPT_IN = "secprofiles.io/apparmor-profile"
 PROFILES_ANNOTATION = "secprofiles.io/profiles"
