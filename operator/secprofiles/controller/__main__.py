@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import os
 import random
+from pathlib import Path
 
 import kopf
 from prometheus_client import start_http_server
 
 from secprofiles import logs
 from secprofiles.controller.handlers import build_registry
+from secprofiles.controller.webhook import WebhookOptions
 
 
 def main() -> None:
@@ -24,13 +26,32 @@ def main() -> None:
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port; 0 disables")
     parser.add_argument("--log-level", default="INFO")
+    hook = parser.add_argument_group("pod-binding webhook (off unless --webhook-port is given)")
+    hook.add_argument("--webhook-port", type=int, default=0, help="HTTPS port to serve the webhook on")
+    hook.add_argument("--webhook-host", default="0.0.0.0", help="listen address (default: all interfaces)")
+    hook.add_argument("--cert-source", choices=["self", "files"], default="self",
+                      help="self: CA and certificate in a Secret, renewed by the operator; "
+                           "files: tls.crt/tls.key/ca.crt mounted from a cert-manager Secret")
+    hook.add_argument("--cert-dir", type=Path, default=Path("/tmp/secprofiles-webhook"),
+                      help="where the serving certificate files are (written with --cert-source self)")
+    hook.add_argument("--webhook-config-name", default="secprofiles",
+                      help="MutatingWebhookConfiguration whose caBundle the operator keeps current")
+    hook.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "secprofiles-system"),
+                      help="the operator's namespace (certificate Secret, Service DNS names)")
+    hook.add_argument("--webhook-service", default="secprofiles-webhook", help="Service name in the certificate")
+    hook.add_argument("--assume-server-version", default=None,
+                      help="skip the API server's /version (e.g. v1.29.0 to test the AppArmor annotation form)")
     args = parser.parse_args()
     logs.setup(args.log_level)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    registry = build_registry(args.kubeconfig)
+    webhook = WebhookOptions(
+        port=args.webhook_port, host=args.webhook_host, cert_source=args.cert_source, cert_dir=args.cert_dir,
+        config_name=args.webhook_config_name, namespace=args.namespace, service=args.webhook_service,
+        server_version=args.assume_server_version) if args.webhook_port else None
+    registry = build_registry(args.kubeconfig, webhook)
     priority = args.priority if args.priority is not None else random.randint(1, 10_000)
     asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=args.standalone, priority=priority,
                               liveness_endpoint=args.liveness or None))

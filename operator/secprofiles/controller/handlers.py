@@ -16,6 +16,7 @@ import kopf
 from secprofiles import schema
 from secprofiles.controller.reconciler import Reconciler
 from secprofiles.controller.state import ClusterState
+from secprofiles.controller.webhook import WebhookOptions, register_webhook
 from secprofiles.kubeapi import Credentials, KubeApi
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,15 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.reconnect_backoff = 0.2
 
 
-def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
-    """A registry with the operator's handlers (explicit, so tests can run several operators in one process)."""
+def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None = None) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers (explicit, so tests can run several operators in one process).
+
+    With ``webhook``, it also serves the pod-binding admission webhook from the same state.
+    """
     registry = kopf.OperatorRegistry()
     state = ClusterState()
+    if webhook is not None:
+        register_webhook(registry, state, webhook, kubeconfig)
     runtime: dict[str, Any] = {}
 
     def mark(keys: set[str]) -> None:

@@ -7,10 +7,12 @@ only on those. Pods are reduced to the profile keys they reference.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from secprofiles import nodereport, podrefs, schema
+from secprofiles.binding import Binding, ProfileInfo
 from secprofiles.nodereport import Entry
 from secprofiles.seccomp import BUNDLED_PREFIX, Spec
 
@@ -53,6 +55,33 @@ class Profile:
 
 
 @dataclass
+class BindingRecord:
+    """A ProfileBinding as last seen: the pure binding plus what its status writer needs."""
+
+    binding: Binding
+    generation: int
+    status: Object
+
+
+class ProfileInfos(Mapping[str, ProfileInfo]):
+    """A read-only view of the profiles' published status, for the webhook (no copy per request)."""
+
+    def __init__(self, profiles: dict[str, Profile]) -> None:
+        self._profiles = profiles
+
+    def __getitem__(self, key: str) -> ProfileInfo:
+        profile = self._profiles[key]
+        return ProfileInfo(phase=profile.status.get("phase"), content_hash=profile.status.get("contentHash"),
+                           deleting=profile.deleting)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._profiles)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+
+@dataclass
 class ClusterState:
     """Profiles, nodes, node reports and pod references, as last seen."""
 
@@ -61,6 +90,38 @@ class ClusterState:
     reports: dict[str, dict[str, Entry]] = field(default_factory=dict)
     pod_refs: dict[str, frozenset[str]] = field(default_factory=dict)
     users: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    bindings: defaultdict[str, dict[str, BindingRecord]] = field(default_factory=lambda: defaultdict(dict))
+
+    def apply_binding(self, event: str, obj: Object) -> str:
+        """A ProfileBinding event; returns its key (``namespace/name``)."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if event == "DELETED":
+            self.bindings[namespace].pop(name, None)
+            if not self.bindings[namespace]:
+                del self.bindings[namespace]
+        else:
+            self.bindings[namespace][name] = BindingRecord(Binding.from_object(obj), int(meta.get("generation", 1)),
+                                                           obj.get("status") or {})
+        return f"{namespace}/{name}"
+
+    def bindings_in(self, namespace: str) -> list[Binding]:
+        """The ProfileBindings of one namespace."""
+        return [record.binding for record in self.bindings.get(namespace, {}).values()]
+
+    def binding_record(self, key: str) -> BindingRecord | None:
+        """One ProfileBinding by ``namespace/name``."""
+        namespace, _, name = key.partition("/")
+        return self.bindings.get(namespace, {}).get(name)
+
+    def bindings_of_profile(self, profile_key: str) -> set[str]:
+        """Keys of the ProfileBindings that reference a profile."""
+        return {record.binding.key for records in self.bindings.values() for record in records.values()
+                if record.binding.profile_key == profile_key}
+
+    def profile_infos(self) -> ProfileInfos:
+        """The profiles' published status, as the webhook needs it."""
+        return ProfileInfos(self.profiles)
 
     def apply_profile(self, event: str, obj: Object) -> set[str]:
         """A SeccompProfile or AppArmorProfile event; dirties it and every profile built on it."""

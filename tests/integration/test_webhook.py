@@ -1,0 +1,394 @@
+"""The pod-binding webhook, served by the operator process, called by the real API server over TLS.
+
+The shipped manifests/base/webhook.yaml is registered with its clientConfig pointed at 127.0.0.1; the
+operator injects the CA of its self-managed certificate. Profiles become Installed through NodeProfileStatus
+reports written as a node agent would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from secprofiles import profiles
+from secprofiles.devcluster import DevCluster
+from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from tests.integration.kube import REPO, create_node, ensure_namespace, install_crds, open_api, wait_for
+from tests.integration.test_operator import report
+from tests.runtime.conftest import IMAGE, Runner, podman  # noqa: F401  (podman: the session fixture)
+
+pytestmark = pytest.mark.controlplane
+NS, OFF, OPERATOR_NS = "wh-team", "wh-off", "secprofiles-system"
+CONFIG = "secprofiles"
+APPARMOR_NAME = "k8s-apparmor-example-deny-write"
+CHMOD_RULES = [{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WebhookOperator:
+    """The operator as a real process, serving the webhook on 127.0.0.1."""
+
+    def __init__(self, kubeconfig: Path, directory: Path) -> None:
+        self.kubeconfig, self.directory = kubeconfig, directory
+        self.port, self.metrics_port = _free_port(), _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with (self.directory / "operator.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig),
+                 "--standalone", "--metrics-port", str(self.metrics_port), "--liveness", "",
+                 "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
+                 "--cert-dir", str(self.directory / "certs"), "--namespace", OPERATOR_NS,
+                 "--webhook-config-name", CONFIG, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self) -> str:
+        return "\n".join((self.directory / "operator.log").read_text(errors="replace").splitlines()[-40:])
+
+
+def webhook_config(port: int) -> dict[str, Any]:
+    """manifests/base/webhook.yaml, with the Service replaced by the operator process on loopback."""
+    config = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
+    for webhook in config["webhooks"]:
+        webhook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{webhook['clientConfig']['service']['path']}"}
+    return config
+
+
+@pytest.fixture(scope="module")
+def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookOperator]:
+    process = WebhookOperator(devcluster.kubeconfig, tmp_path_factory.mktemp("webhook-operator"))
+    yield process
+    process.stop()
+
+
+async def _ready_profiles(api: KubeApi) -> None:
+    """One SeccompProfile and one AppArmorProfile, reported Installed by the single node."""
+    for other in (await api.request("GET", "/api/v1/nodes"))["items"]:
+        if other["metadata"]["name"] != "wh-node":  # left by other modules: they would count as desired nodes
+            await api.delete(f"/api/v1/nodes/{other['metadata']['name']}")
+    node = await api.get("/api/v1/nodes/wh-node") or await create_node(api, "wh-node")
+    for obj in (seccomp_profile("prevent-chmod", syscalls=CHMOD_RULES),
+                yaml.safe_load((REPO / f"profiles/apparmor/{APPARMOR_NAME}.yaml").read_text())):
+        meta = obj["metadata"]
+        try:
+            await api.create(resource_path(obj["kind"], meta.get("namespace")), obj)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+    entries = {}
+    for kind, namespace, name, key in (("SeccompProfile", NS, "prevent-chmod", f"seccomp/{NS}/prevent-chmod"),
+                                       ("AppArmorProfile", None, APPARMOR_NAME, f"apparmor/{APPARMOR_NAME}")):
+        status = await wait_for(lambda k=kind, ns=namespace, n=name: _status(api, k, ns, n, "contentHash"),
+                                what=f"{name} contentHash")
+        entries[key] = {"contentHash": status["contentHash"], "state": "Installed"}
+    await report(api, node, entries)
+    for kind, namespace, name in (("SeccompProfile", NS, "prevent-chmod"), ("AppArmorProfile", None, APPARMOR_NAME)):
+        await wait_for(lambda k=kind, ns=namespace, n=name: _phase(api, k, ns, n, "Installed"), what=f"{name} Installed")
+
+
+async def _status(api: KubeApi, kind: str, namespace: str | None, name: str, field: str) -> dict[str, Any] | None:
+    status = ((await api.get(resource_path(kind, namespace, name))) or {}).get("status") or {}
+    return status if status.get(field) else None
+
+
+async def _phase(api: KubeApi, kind: str, namespace: str | None, name: str, phase: str) -> bool:
+    status = ((await api.get(resource_path(kind, namespace, name))) or {}).get("status") or {}
+    return status.get("phase") == phase
+
+
+@pytest.fixture
+async def api(devcluster: DevCluster, operator: WebhookOperator) -> AsyncIterator[KubeApi]:
+    async with open_api(devcluster.kubeconfig) as client:
+        await install_crds(client)
+        await ensure_namespace(client, OPERATOR_NS)
+        await ensure_namespace(client, OFF)
+        await ensure_namespace(client, NS)
+        await client.patch(f"/api/v1/namespaces/{NS}", {"metadata": {"labels": {"secprofiles.io/binding": "enabled"}}})
+        await client.request("DELETE", f"/api/v1/namespaces/{NS}/pods")
+        await client.request("DELETE", f"/api/v1/namespaces/{OFF}/pods")
+        await client.request("DELETE", resource_path("ProfileBinding", NS))
+        config = webhook_config(operator.port)
+        if not await client.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"):
+            await client.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", config)
+        if operator.process is None or operator.process.poll() is not None:
+            operator.start()
+        await _ready_profiles(client)
+        yield client
+    if operator.process and operator.process.poll() is not None:
+        print(operator.tail())
+
+
+def seccomp_profile(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+            "metadata": {"name": name, "namespace": NS}, "spec": {"defaultAction": "SCMP_ACT_ALLOW", **spec}}
+
+
+def binding(name: str, kind: str, profile: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "ProfileBinding", "metadata": {"name": name, "namespace": NS},
+            "spec": {"profileRef": {"kind": kind, "name": profile}, **spec}}
+
+
+def pod(name: str, namespace: str = NS, labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None, image: str = "registry.local/busybox:1.36",
+        security_context: dict[str, Any] | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app", "image": image}
+    if security_context:
+        container["securityContext"] = security_context
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}, "annotations": annotations or {}},
+            "spec": {"containers": [container, {"name": "side", "image": "registry.local/other:1"}]}}
+
+
+async def dry_run(api: KubeApi, body: dict[str, Any]) -> dict[str, Any]:
+    return await api.request("POST", resource_path("Pod", body["metadata"]["namespace"]), body,
+                             params={"dryRun": "All"})
+
+
+async def until_bound(api: KubeApi, body: dict[str, Any], container: int = 0) -> None:
+    """Wait until the operator knows the bindings (watch) and serves with its CA injected: dry runs."""
+    async def probe() -> bool:
+        created = await dry_run(api, body)
+        return "secprofiles.io/profiles" in (created["metadata"].get("annotations") or {})
+
+    await wait_for(probe, timeout=30, what="the webhook binding a dry-run pod")
+
+
+def profiles_annotation(obj: dict[str, Any]) -> dict[str, list[str]]:
+    return dict(json.loads(obj["metadata"]["annotations"]["secprofiles.io/profiles"]))
+
+
+async def content_hash(api: KubeApi, kind: str, namespace: str | None, name: str) -> str:
+    status = await _status(api, kind, namespace, name, "contentHash")
+    assert status
+    return str(status["contentHash"])
+
+
+async def test_ca_injected_from_self_managed_secret(api: KubeApi) -> None:
+    secret = await wait_for(lambda: api.get(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/secprofiles-webhook-tls"),
+                            what="certificate Secret")
+
+    async def injected() -> str | None:
+        config = await api.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}")
+        return (config or {})["webhooks"][0]["clientConfig"].get("caBundle")
+
+    assert await wait_for(injected, what="caBundle") == secret["data"]["ca-bundle.crt"]
+
+
+async def test_binding_by_image_and_by_label_both_kinds_with_hash(api: KubeApi) -> None:
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("by-image", "SeccompProfile", "prevent-chmod", images=["*/busybox:*"]))
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("by-label", "AppArmorProfile", APPARMOR_NAME, selector={"matchLabels": {"app": "web"}}))
+    await until_bound(api, pod("probe", labels={"app": "web"}))
+    created = await api.create(resource_path("Pod", NS), pod("web", labels={"app": "web"}))
+    app, side = created["spec"]["containers"]
+    assert app["securityContext"]["seccompProfile"] == {"type": "Localhost",
+                                                        "localhostProfile": f"secprofiles/{NS}/prevent-chmod.json"}
+    assert app["securityContext"]["appArmorProfile"] == {"type": "Localhost", "localhostProfile": APPARMOR_NAME}
+    assert side["securityContext"] == {"appArmorProfile": {"type": "Localhost", "localhostProfile": APPARMOR_NAME}}
+    seccomp_hash = await content_hash(api, "SeccompProfile", NS, "prevent-chmod")
+    apparmor_hash = await content_hash(api, "AppArmorProfile", None, APPARMOR_NAME)
+    assert profiles_annotation(created) == {
+        "app": [f"SeccompProfile/{NS}/prevent-chmod@{seccomp_hash}", f"AppArmorProfile/{APPARMOR_NAME}@{apparmor_hash}"],
+        "side": [f"AppArmorProfile/{APPARMOR_NAME}@{apparmor_hash}"]}
+
+    # Status: the real pod counted (dry runs are not), written shortly after, not during admission.
+    await api.create(resource_path("Pod", NS), pod("web-2", labels={"app": "db"}))
+    status = await wait_for(lambda: _status(api, "ProfileBinding", NS, "by-image", "boundPods"), what="boundPods")
+    await asyncio.sleep(1.5)
+    status = await _status(api, "ProfileBinding", NS, "by-image", "boundPods") or {}
+    assert status["boundPods"] == 2 and status["lastBoundTime"] and not status.get("problems")
+    label_status = await _status(api, "ProfileBinding", NS, "by-label", "boundPods") or {}
+    assert label_status["boundPods"] == 1
+
+
+async def test_annotation_opt_in_and_explicit_profile_kept(api: KubeApi) -> None:
+    opt_in = pod("opt-in", image="registry.local/nginx:1", annotations={
+        "secprofiles.io/seccomp-profile": "prevent-chmod", "secprofiles.io/apparmor-profile": APPARMOR_NAME})
+    await until_bound(api, opt_in)
+    created = await api.create(resource_path("Pod", NS), opt_in)
+    for container in created["spec"]["containers"]:
+        assert container["securityContext"]["seccompProfile"]["localhostProfile"] == \
+            f"secprofiles/{NS}/prevent-chmod.json"
+        assert container["securityContext"]["appArmorProfile"]["localhostProfile"] == APPARMOR_NAME
+    explicit = pod("explicit", image="registry.local/nginx:1",
+                   annotations={"secprofiles.io/seccomp-profile": "prevent-chmod"},
+                   security_context={"seccompProfile": {"type": "RuntimeDefault"}})
+    created = await api.create(resource_path("Pod", NS), explicit)
+    assert created["spec"]["containers"][0]["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert profiles_annotation(created) == {"side": [f"SeccompProfile/{NS}/prevent-chmod@"
+                                                     f"{await content_hash(api, 'SeccompProfile', NS, 'prevent-chmod')}"]}
+
+
+async def test_pod_in_namespace_without_opt_in_is_untouched(api: KubeApi) -> None:
+    body = pod("plain", namespace=OFF, annotations={"secprofiles.io/seccomp-profile": "prevent-chmod"})
+    await until_bound(api, pod("probe", annotations={"secprofiles.io/seccomp-profile": "prevent-chmod"}))
+    created = await api.create(resource_path("Pod", OFF), body)
+    assert all("securityContext" not in c for c in created["spec"]["containers"])
+    assert "secprofiles.io/profiles" not in created["metadata"]["annotations"]
+
+
+async def test_missing_profile_warn_admits_unchanged_reject_refuses(api: KubeApi) -> None:
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("warn", "SeccompProfile", "does-not-exist", images=["*/busybox:*"]))
+    status = await wait_for(lambda: _status(api, "ProfileBinding", NS, "warn", "problems"), what="problems")
+    assert status["problems"] == [f"SeccompProfile {NS}/does-not-exist not found"]
+    created = await api.create(resource_path("Pod", NS), pod("warned"))
+    assert all("securityContext" not in c for c in created["spec"]["containers"])
+
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("reject", "AppArmorProfile", "not-there", selector={}, containers=["side"],
+                             enforcement="Reject"))
+
+    async def rejected() -> str | None:
+        try:
+            await dry_run(api, pod("refused"))
+        except ApiError as error:
+            return error.message
+        return None
+
+    message = await wait_for(rejected, what="rejection")
+    assert "ProfileBinding reject: AppArmorProfile not-there not found (enforcement: Reject)" in message
+
+
+async def test_apparmor_annotation_on_pre_130_server(api: KubeApi, operator: WebhookOperator) -> None:
+    operator.stop()
+    operator.start("--assume-server-version", "v1.29.4")
+    try:
+        await api.create(resource_path("ProfileBinding", NS),
+                         binding("aa", "AppArmorProfile", APPARMOR_NAME, selector={}, containers=["app"]))
+        body = pod("old-server")
+        await until_bound(api, body)
+        created = await api.create(resource_path("Pod", NS), body)
+        annotations = created["metadata"]["annotations"]
+        assert annotations["container.apparmor.security.beta.kubernetes.io/app"] == f"localhost/{APPARMOR_NAME}"
+        assert "appArmorProfile" not in (created["spec"]["containers"][0].get("securityContext") or {}) or \
+            created["spec"]["containers"][0]["securityContext"]["appArmorProfile"]["localhostProfile"] == APPARMOR_NAME
+        assert list(profiles_annotation(created)) == ["app"]
+    finally:
+        operator.stop()
+        operator.start()
+
+
+async def test_webhook_down_with_ignore_admits_pods(api: KubeApi, operator: WebhookOperator) -> None:
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("by-image", "SeccompProfile", "prevent-chmod", images=["*/busybox:*"]))
+    await until_bound(api, pod("probe"))
+    operator.stop()
+    try:
+        started = time.monotonic()
+        created = await api.create(resource_path("Pod", NS), pod("while-down"))
+        assert time.monotonic() - started < 5
+        assert all("securityContext" not in c for c in created["spec"]["containers"])
+    finally:
+        operator.start()
+
+
+async def test_namespace_guard_rejects_cross_namespace_reference(api: KubeApi) -> None:
+    for doc in yaml.safe_load_all((REPO / "manifests/base/namespace-guard.yaml").read_text()):
+        plural = "validatingadmissionpolicies" if doc["kind"] == "ValidatingAdmissionPolicy" \
+            else "validatingadmissionpolicybindings"
+        await api.patch(f"/apis/admissionregistration.k8s.io/v1/{plural}/{doc['metadata']['name']}", doc, "apply",
+                        params={"fieldManager": "secprofiles-tests", "force": "true"})
+
+    def with_profile(path: str) -> dict[str, Any]:
+        return pod("guarded", namespace=OFF,
+                   security_context={"seccompProfile": {"type": "Localhost", "localhostProfile": path}})
+
+    async def refusal(path: str) -> str | None:
+        try:
+            await dry_run(api, with_profile(path))
+        except ApiError as error:
+            return error.message
+        return None
+
+    message = await wait_for(lambda: refusal(f"secprofiles/{NS}/prevent-chmod.json"), what="VAP in force")
+    assert f"seccomp localhostProfile secprofiles/{NS}/prevent-chmod.json is not a secprofiles profile of " \
+           f"namespace {OFF}" in message
+    assert await refusal(f"./secprofiles/{NS}/prevent-chmod.json")
+    assert await refusal(f"secprofiles/{OFF}/mine.json") is None
+    assert await refusal("other/profile.json") is None
+
+
+@pytest.mark.runtime
+async def test_bound_pod_is_confined_under_podman(api: KubeApi, podman: Runner, tmp_path: Path) -> None:  # noqa: F811
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("by-image", "SeccompProfile", "prevent-chmod", images=["*/busybox:*"]))
+    await until_bound(api, pod("probe"))
+    created = await api.create(resource_path("Pod", NS), pod("confined"))
+    localhost = created["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"]
+    stored = await api.get(resource_path("SeccompProfile", NS, "prevent-chmod"))
+    assert stored
+    outcome = await profiles.evaluate(stored)
+    assert outcome.rendered and outcome.rendered.content_hash in profiles_annotation(created)["app"][0]
+    path = tmp_path / "seccomp" / localhost  # as kubelet joins <root>/seccomp with localhostProfile
+    path.parent.mkdir(parents=True)
+    path.write_bytes(outcome.rendered.content)
+    script = "touch /tmp/f && chmod 600 /tmp/f"
+    confined = await asyncio.to_thread(podman, script, path)
+    assert confined.returncode != 0 and "Operation not permitted" in confined.stderr
+    assert (await asyncio.to_thread(podman, script)).returncode == 0
+
+
+async def test_handler_latency(api: KubeApi, operator: WebhookOperator) -> None:
+    """Round trips of AdmissionReviews straight to the webhook, and the operator's own handler histogram."""
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("by-image", "SeccompProfile", "prevent-chmod", images=["*/busybox:*"]))
+    await until_bound(api, pod("probe"))
+    context = ssl.create_default_context(cadata=base64.b64decode(
+        (await api.get(f"/api/v1/namespaces/{OPERATOR_NS}/secrets/secprofiles-webhook-tls") or {})["data"]["ca.crt"]
+    ).decode())
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE", "namespace": NS,
+        "userInfo": {"username": "test"}, "object": pod("timed"), "dryRun": True}}
+    times = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        for _ in range(300):
+            started = time.perf_counter()
+            async with session.post(f"https://127.0.0.1:{operator.port}/bind-pods", json=review) as response:
+                answer = await response.json()
+            times.append(time.perf_counter() - started)
+            assert answer["response"]["allowed"] and answer["response"]["patchType"] == "JSONPatch"
+    times.sort()
+    p50, p99 = statistics.median(times), times[int(len(times) * 0.99) - 1]
+    metrics = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics").read().decode())
+    lines = [line for line in metrics.splitlines() if line.startswith("secprofiles_webhook_handler_seconds")]
+    total = float(next(line for line in lines if line.startswith("secprofiles_webhook_handler_seconds_sum")).split()[1])
+    count = float(next(line for line in lines if line.startswith("secprofiles_webhook_handler_seconds_count")).split()[1])
+    print(f"\nwebhook round trip over TLS: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
+          f"decision mean {total / count * 1e6:.0f} us over {count:.0f} calls; " + "; ".join(lines[:8]))
+    assert p99 < 0.5
