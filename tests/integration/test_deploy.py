@@ -49,13 +49,14 @@ def installed(devcluster: DevCluster, rendered: list[dict[str, Any]]) -> Iterato
     """ALL of the rendered manifests, server-side applied for real; policies and workloads removed afterwards.
 
     (The other suites of the session use the agent's service account with unbound tokens; the policies
-    would rightly refuse those.)
+    would rightly refuse those. The webhook configuration goes too: it points at a Service, which the dev
+    cluster cannot route to, and the API server must never dial out of the machine.)
     """
     deploy.apply(devcluster, rendered)
     yield devcluster
     for obj in rendered:
         if obj["kind"] in ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "Deployment",
-                           "DaemonSet"):
+                           "DaemonSet", "MutatingWebhookConfiguration"):
             devcluster.api("DELETE", deploy.item_path(obj), ok=(200, 202, 404))
 
 
@@ -67,7 +68,7 @@ def test_everything_applies_and_is_stored(installed: DevCluster, rendered: list[
     kinds = {o["kind"] for o in rendered}
     assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
             "Deployment", "DaemonSet", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-            "PodDisruptionBudget", "NetworkPolicy", "ClusterKopfPeering"} <= kinds
+            "PodDisruptionBudget", "NetworkPolicy", "ClusterKopfPeering", "MutatingWebhookConfiguration"} <= kinds
     for obj in rendered:
         stored = installed.get(deploy.item_path(obj))
         assert stored["metadata"]["name"] == obj["metadata"]["name"]
