@@ -156,7 +156,7 @@ def bundled_profiles() -> list[dict[str, Any]]:
 
 
 def demo_objects() -> list[dict[str, Any]]:
-    """A ProfileBinding (for the binding webhook, being written) and a pod using prevent-chmod directly."""
+    """A ProfileBinding and a pod that uses prevent-chmod directly (the sandbox does not serve the webhook yet)."""
     binding = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "ProfileBinding",
                "metadata": {"name": "demo-prevent-chmod", "namespace": DEMO_NAMESPACE},
                "spec": {"profileRef": {"kind": "SeccompProfile", "name": "prevent-chmod"},
