@@ -993,7 +993,9 @@ class DevCluster:
 
 
 @contextlib.contextmanager
-def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C, so a command's clean-up runs either way."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -1033,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(binary_cache_path())
             return 0
         cluster = DevCluster(args.dir, start_timeout=args.timeout, verbosity=args.verbosity)
-        with _sigterm_as_keyboard_interrupt():
+        with sigterm_as_keyboard_interrupt():
             try:
                 with cluster:
                     print(cluster.kubeconfig, flush=True)

@@ -29,17 +29,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, TextIO
 
 import yaml
 
 from secprofiles import deploy
-from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary, repo_root
+from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary, repo_root, sigterm_as_keyboard_interrupt
 from secprofiles.devcluster_clients import create_node, ensure_namespace, service_account_kubeconfig
 
 GROUP: Final = "/apis/secprofiles.io/v1alpha1"
@@ -322,19 +321,6 @@ def settled(sandbox: Sandbox, rows: list[Row]) -> bool:
 # --------------------------------------------------------------------------- main
 
 
-@contextmanager
-def _interrupts() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C (clean-up runs)."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Start, show the table (live, once or for a while), clean up; the exit code."""
     base = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="secprofiles-sandbox-"))
@@ -342,7 +328,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     say(f"everything lives under {base} (node host roots in {base / 'nodes'}, logs in {base / 'logs'})")
     sandbox: Sandbox | None = None
     code = 0
-    with _interrupts():
+    with sigterm_as_keyboard_interrupt():
         try:
             sandbox = start(base)
             live = out.isatty() and not args.once

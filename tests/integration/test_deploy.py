@@ -9,10 +9,6 @@ Rendering needs ``kubectl`` (which carries kustomize); without it these tests ar
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +20,7 @@ from secprofiles import deploy, profiles
 from secprofiles.devcluster import ApiError, DevCluster
 from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
 from tests.conftest import REPO
+from tests.integration.processes import OperatorProcess
 from tests.integration.test_agent import AgentProcess, eventually
 
 pytestmark = [
@@ -152,27 +149,6 @@ def test_operator_meets_restricted_and_agent_needs_privileged(installed: DevClus
 # --------------------------------------------------------------------------- least privilege, proven
 
 
-class OperatorProcess:
-    """``python -m secprofiles.controller`` with peering (as deployed), as the operator's service account."""
-
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "operator")}
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(kubeconfig), "--priority", "7",
-                 "--metrics-port", "0", "--liveness", ""], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def _forbidden_lines(log: Path) -> list[str]:
     return [line for line in log.read_text(errors="replace").splitlines()
             if any(marker in line for marker in FORBIDDEN_MARKERS)]
@@ -202,7 +178,9 @@ def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed
     token, pod = deploy.node_bound_agent_token(cluster, node)
     agent_kc = deploy.write_token_kubeconfig(cluster, tmp_path / "agent.kc",
                                              "system:serviceaccount:secprofiles-system:secprofiles-agent", token)
-    operator = OperatorProcess(operator_creds.kubeconfig, tmp_path / "operator.log")
+    # Peering as deployed (a fixed priority, no --standalone).
+    operator = OperatorProcess(operator_creds.kubeconfig, tmp_path / "operator.log", "--priority", "7")
+    operator.start()
     agent = AgentProcess(agent_kc, node, tmp_path / node, apparmor=True)
     try:
         agent.start()

@@ -7,11 +7,7 @@ own tests cover the node side.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,50 +29,16 @@ from tests.integration.kube import (
     open_api,
     wait_for,
 )
+from tests.integration.processes import OperatorProcess
 
 pytestmark = pytest.mark.controlplane
 NS = "team-a"
 
 
-class OperatorProcess:
-    """The operator as a real process, as deployed (but standalone: one replica)."""
-
-    def __init__(self, kubeconfig: Path, log: Path, peering: tuple[str, ...] = ("--standalone",)) -> None:
-        self.kubeconfig, self.log, self.peering = kubeconfig, log, peering
-        self.process: subprocess.Popen[bytes] | None = None
-        self.metrics_port, self.health_port = free_port(), free_port()
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig), *self.peering,
-                 "--metrics-port", str(self.metrics_port),
-                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(devcluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    process = OperatorProcess(devcluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
+                              "--standalone")
     yield process
     process.stop()
 
@@ -91,10 +53,10 @@ async def api(devcluster: DevCluster, operator: OperatorProcess) -> AsyncIterato
         for node in (await client.request("GET", "/api/v1/nodes"))["items"]:
             await client.delete(f"/api/v1/nodes/{node['metadata']['name']}")
         await client.request("DELETE", f"/api/v1/namespaces/{NS}/pods")
-        if operator.process is None or operator.process.poll() is not None:
+        if not operator.running:
             operator.start()
         yield client
-    if operator.process and operator.process.poll() is not None:
+    if operator.process and not operator.running:
         print(operator.tail())
 
 
@@ -290,8 +252,8 @@ async def test_two_replicas_with_peering_never_both_act(
         await wait_for(lambda path=path, doc=doc: _apply_when_served(api, path, doc), what=f"apply {path}")
     operator.stop()
     await create_node(api, "node-1")
-    high = OperatorProcess(devcluster.kubeconfig, tmp_path / "high.log", ("--priority", "200"))
-    low = OperatorProcess(devcluster.kubeconfig, tmp_path / "low.log", ("--priority", "100"))
+    high = OperatorProcess(devcluster.kubeconfig, tmp_path / "high.log", "--priority", "200")
+    low = OperatorProcess(devcluster.kubeconfig, tmp_path / "low.log", "--priority", "100")
     try:
         high.start()
         # Started one after the other: with a simultaneous start, Kopf 1.45.2 can leave one watch of the paused

@@ -10,13 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-import socket
 import ssl
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +26,7 @@ from secprofiles import profiles
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
 from tests.integration.kube import REPO, create_node, ensure_namespace, install_crds, open_api, wait_for
+from tests.integration.processes import OperatorProcess, free_port
 from tests.integration.test_operator import report
 from tests.runtime.conftest import IMAGE, Runner, podman  # noqa: F401  (podman: the session fixture)
 
@@ -41,41 +37,15 @@ APPARMOR_NAME = "k8s-apparmor-example-deny-write"
 CHMOD_RULES = [{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class WebhookOperator:
+class WebhookOperator(OperatorProcess):
     """The operator as a real process, serving the webhook on 127.0.0.1."""
 
     def __init__(self, kubeconfig: Path, directory: Path) -> None:
-        self.kubeconfig, self.directory = kubeconfig, directory
-        self.port, self.metrics_port = _free_port(), _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *extra: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with (self.directory / "operator.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig),
-                 "--standalone", "--metrics-port", str(self.metrics_port), "--liveness", "",
-                 "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
-                 "--cert-dir", str(self.directory / "certs"), "--namespace", OPERATOR_NS,
-                 "--webhook-config-name", CONFIG, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def tail(self) -> str:
-        return "\n".join((self.directory / "operator.log").read_text(errors="replace").splitlines()[-40:])
+        self.port = free_port()
+        super().__init__(kubeconfig, directory / "operator.log", "--standalone",
+                         "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
+                         "--cert-dir", str(directory / "certs"), "--namespace", OPERATOR_NS,
+                         "--webhook-config-name", CONFIG)
 
 
 def webhook_config(port: int) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""The operator as a real process, as tests run it: one helper for every suite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """``python -m secprofiles.controller`` with its metrics and liveness on free loopback ports."""
+
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+        self.kubeconfig, self.log, self.args = kubeconfig, log, args
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *extra: str) -> None:
+        """Start it (again), with ``extra`` arguments after the constructor's."""
+        command = [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig),
+                   "--metrics-port", str(self.metrics_port),
+                   "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", *self.args, *extra]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it with ``sig`` (SIGKILL after 15 s)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of its log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
