@@ -18,11 +18,14 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """``python -m secprofiles.controller`` with its metrics and liveness on free loopback ports."""
+    """``python -m secprofiles.controller``; with ``endpoints``, metrics and liveness on free loopback ports.
 
-    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+    Endpoints are off unless a test reads them: a port found free can be taken before the operator binds it.
+    """
+
+    def __init__(self, kubeconfig: Path, log: Path, *args: str, endpoints: bool = False) -> None:
         self.kubeconfig, self.log, self.args = kubeconfig, log, args
-        self.metrics_port, self.health_port = free_port(), free_port()
+        self.metrics_port, self.health_port = (free_port(), free_port()) if endpoints else (0, 0)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -32,9 +35,9 @@ class OperatorProcess:
 
     def start(self, *extra: str) -> None:
         """Start it (again), with ``extra`` arguments after the constructor's."""
+        liveness = f"http://127.0.0.1:{self.health_port}/healthz" if self.health_port else ""
         command = [sys.executable, "-m", "secprofiles.controller", "--kubeconfig", str(self.kubeconfig),
-                   "--metrics-port", str(self.metrics_port),
-                   "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", *self.args, *extra]
+                   "--metrics-port", str(self.metrics_port), "--liveness", liveness, *self.args, *extra]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

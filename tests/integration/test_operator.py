@@ -38,7 +38,7 @@ NS = "team-a"
 @pytest.fixture(scope="module")
 def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     process = OperatorProcess(devcluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-                              "--standalone")
+                              "--standalone", endpoints=True)
     yield process
     process.stop()
 

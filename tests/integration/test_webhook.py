@@ -45,7 +45,7 @@ class WebhookOperator(OperatorProcess):
         super().__init__(kubeconfig, directory / "operator.log", "--standalone",
                          "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
                          "--cert-dir", str(directory / "certs"), "--namespace", OPERATOR_NS,
-                         "--webhook-config-name", CONFIG)
+                         "--webhook-config-name", CONFIG, endpoints=True)
 
 
 def webhook_config(port: int) -> dict[str, Any]:
