@@ -60,18 +60,18 @@ from types import TracebackType
 from typing import IO, Any, Final
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secprofiles.pki import CertificateAuthority, key_pem
 
 __all__ = [
+    "CA_LIFETIME",
     "DEFAULT_CONTROLLERS",
     "SERVICE_ACCOUNT_ISSUER",
     "SERVICE_CLUSTER_IP_RANGE",
     "ApiError",
     "BuildError",
-    "CertificateAuthority",
     "DevCluster",
     "DevClusterError",
     "binary_cache_path",
@@ -80,6 +80,7 @@ __all__ = [
     "kubernetes_version",
     "main",
     "source_key",
+    "write_pair",
 ]
 
 #: Service-account token issuer (and default API audience) of the dev cluster.
@@ -303,16 +304,6 @@ def ensure_binary(src: Path | None = None, *, force: bool = False) -> Path:
 # --------------------------------------------------------------------------- PKI
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -321,115 +312,15 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class CertificateAuthority:
-    """A throw-away CA (ECDSA P-256) that signs serving and client certificates."""
+CA_LIFETIME = dt.timedelta(days=10)
+CERT_LIFETIME = dt.timedelta(days=9)
 
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
 
-    @classmethod
-    def create(cls, common_name: str = "secprofiles-devcluster-ca") -> CertificateAuthority:
-        """Generate a new self-signed CA valid for 10 days."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=10))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(cert=cert, key=key)
-
-    @property
-    def cert_pem(self) -> bytes:
-        """The CA certificate in PEM form (what a ``caBundle`` holds)."""
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self,
-        common_name: str,
-        *,
-        organizations: Sequence[str] = (),
-        dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[str] = (),
-        server: bool = False,
-        client: bool = False,
-    ) -> tuple[bytes, bytes]:
-        """Issue a leaf certificate; returns ``(cert_pem, key_pem)``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        usages = []
-        if server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        now = _now()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=9))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
-        )
-        if usages:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-    def write_pair(self, directory: Path, stem: str, common_name: str, **kwargs: Any) -> tuple[Path, Path]:
-        """Issue a certificate (see :meth:`issue`) and write ``stem.crt``/``stem.key`` into ``directory``."""
-        cert_pem, key_pem = self.issue(common_name, **kwargs)
-        return (
-            _write(directory / f"{stem}.crt", cert_pem),
-            _write(directory / f"{stem}.key", key_pem, 0o600),
-        )
+def write_pair(ca: CertificateAuthority, directory: Path, stem: str, common_name: str,
+               **kwargs: Any) -> tuple[Path, Path]:
+    """Issue a certificate (see ``CertificateAuthority.issue``) and write ``stem.crt``/``stem.key``."""
+    cert_pem, key = ca.issue(common_name, CERT_LIFETIME, **kwargs)
+    return _write(directory / f"{stem}.crt", cert_pem), _write(directory / f"{stem}.key", key, 0o600)
 
 
 # --------------------------------------------------------------------------- processes
@@ -782,33 +673,23 @@ class DevCluster:
         pki = self._paths.pki
         pki.mkdir(parents=True, exist_ok=True)
         self._paths.logs.mkdir(parents=True, exist_ok=True)
-        ca = CertificateAuthority.create()
+        ca = CertificateAuthority.create("secprofiles-devcluster-ca", CA_LIFETIME)
         self.ca = ca
         _write(self.ca_file, ca.cert_pem)
-        _write(self.ca_key_file, _key_pem(ca.key), 0o600)
-        ca.write_pair(
-            pki,
-            "apiserver",
-            "kube-apiserver",
-            dns_names=[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            ip_addresses=["127.0.0.1", str(next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts()))],
-            server=True,
-        )
-        ca.write_pair(pki, "admin", "secprofiles-admin", organizations=["system:masters"], client=True)
+        _write(self.ca_key_file, key_pem(ca.key), 0o600)
+        service_ip = str(next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts()))
+        write_pair(ca, pki, "apiserver", "kube-apiserver", server=True, hosts=[
+            "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local", "127.0.0.1", service_ip])
+        write_pair(ca, pki, "admin", "secprofiles-admin", organizations=["system:masters"], client=True)
         # Front proxy (request-header authentication) for the aggregation layer, as kubeadm sets it up;
         # without it every delegating component logs errors about a missing requestheader CA.
-        front_proxy_ca = CertificateAuthority.create("secprofiles-devcluster-front-proxy-ca")
+        front_proxy_ca = CertificateAuthority.create("secprofiles-devcluster-front-proxy-ca", CA_LIFETIME)
         _write(pki / "front-proxy-ca.crt", front_proxy_ca.cert_pem)
-        front_proxy_ca.write_pair(pki, "front-proxy-client", "front-proxy-client", client=True)
-        ca.write_pair(pki, "controller-manager", "system:kube-controller-manager", client=True)
+        write_pair(front_proxy_ca, pki, "front-proxy-client", "front-proxy-client", client=True)
+        write_pair(ca, pki, "controller-manager", "system:kube-controller-manager", client=True)
         sa_key = ec.generate_private_key(ec.SECP256R1())
-        _write(pki / "sa.key", _key_pem(sa_key), 0o600)
+        _write(pki / "sa.key", key_pem(sa_key), 0o600)
         _write(
             pki / "sa.pub",
             sa_key.public_key().public_bytes(

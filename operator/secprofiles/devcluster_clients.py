@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from secprofiles.devcluster import SERVICE_ACCOUNT_ISSUER, ApiError, CertificateAuthority, DevCluster
+from secprofiles.devcluster import CA_LIFETIME, SERVICE_ACCOUNT_ISSUER, ApiError, DevCluster, write_pair
+from secprofiles.pki import CertificateAuthority
 
 __all__ = [
     "ServiceAccountCredentials",
@@ -178,16 +179,10 @@ def webhook_tls(directory: Path, *, ca: CertificateAuthority | None = None) -> W
 
     It is signed by ``ca`` (e.g. ``cluster.ca``) or by a new CA of its own.
     """
-    ca = ca or CertificateAuthority.create("secprofiles-webhook-ca")
+    ca = ca or CertificateAuthority.create("secprofiles-webhook-ca", CA_LIFETIME)
     directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = ca.write_pair(
-        directory,
-        "webhook",
-        "127.0.0.1",
-        dns_names=["localhost"],
-        ip_addresses=["127.0.0.1"],
-        server=True,
-    )
+    cert_file, key_file = write_pair(ca, directory, "webhook", "127.0.0.1", hosts=["localhost", "127.0.0.1"],
+                                     server=True)
     ca_file = directory / "webhook-ca.crt"
     ca_file.write_bytes(ca.cert_pem)
     return WebhookTLS(cert_file=cert_file, key_file=key_file, ca_file=ca_file, ca_bundle=ca.cert_pem)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import ipaddress
 import logging
 import os
 from collections.abc import Sequence
@@ -22,11 +21,12 @@ from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secprofiles import pki
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from secprofiles.pki import CertificateAuthority, key_pem
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class SelfManaged:
         for _ in range(3):  # another replica may write the Secret at the same time: re-read on conflict
             secret = await self.api.get(path)
             data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
-            fresh = issue(data, self.hosts, _now())
+            fresh = issue(data, self.hosts, pki.now())
             try:
                 if secret is None:
                     await self.api.create(resource_path("Secret", self.namespace), _secret(self.secret_name, fresh))
@@ -97,17 +97,18 @@ class SelfManaged:
 def issue(data: dict[str, bytes], hosts: Sequence[str], now: dt.datetime) -> dict[str, bytes]:
     """Secret data that is valid for ``hosts`` at ``now`` for at least RENEW_BEFORE: ``data`` itself if it is."""
     ca = _load_ca(data)
-    if ca is None or ca[0].not_valid_after_utc - now < CERT_LIFETIME + RENEW_BEFORE:
-        old = [ca[0]] if ca is not None and ca[0].not_valid_after_utc > now else []
-        ca = _new_ca(now)
-        bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [ca[0], *old])
+    if ca is None or ca.cert.not_valid_after_utc - now < CERT_LIFETIME + RENEW_BEFORE:
+        old = [ca.cert] if ca is not None and ca.cert.not_valid_after_utc > now else []
+        ca = CertificateAuthority.create(f"secprofiles-webhook-ca-{int(now.timestamp())}", CA_LIFETIME, now,
+                                         path_length=0)
+        bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [ca.cert, *old])
     else:
-        bundle = data.get(BUNDLE) or ca[0].public_bytes(serialization.Encoding.PEM)
-    ca_pem = ca[0].public_bytes(serialization.Encoding.PEM)
-    if ca_pem == data.get(CA_FILE) and bundle == data.get(BUNDLE) and _leaf_ok(data, ca[0], hosts, now):
+        bundle = data.get(BUNDLE) or ca.cert_pem
+    if ca.cert_pem == data.get(CA_FILE) and bundle == data.get(BUNDLE) and _leaf_ok(data, ca.cert, hosts, now):
         return data
-    cert_pem, key_pem = _new_leaf(ca, hosts, now)
-    return {CA_FILE: ca_pem, CA_KEY: _key_pem(ca[1]), BUNDLE: bundle, CERT_FILE: cert_pem, KEY_FILE: key_pem}
+    cert_pem, leaf_key_pem = ca.issue(hosts[0], CERT_LIFETIME, at=now, hosts=hosts, server=True)
+    return {CA_FILE: ca.cert_pem, CA_KEY: key_pem(ca.key), BUNDLE: bundle, CERT_FILE: cert_pem,
+            KEY_FILE: leaf_key_pem}
 
 
 async def inject_ca_bundle(api: KubeApi, config_name: str, bundle: bytes) -> bool:
@@ -133,17 +134,13 @@ async def inject_ca_bundle(api: KubeApi, config_name: str, bundle: bytes) -> boo
     return bool(ops)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _load_ca(data: dict[str, bytes]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+def _load_ca(data: dict[str, bytes]) -> CertificateAuthority | None:
     try:
         cert = x509.load_pem_x509_certificate(data[CA_FILE])
         key = serialization.load_pem_private_key(data[CA_KEY], None)
     except (KeyError, ValueError):
         return None
-    return (cert, key) if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    return CertificateAuthority(cert, key) if isinstance(key, ec.EllipticCurvePrivateKey) else None
 
 
 def _leaf_ok(data: dict[str, bytes], ca: x509.Certificate, hosts: Sequence[str], now: dt.datetime) -> bool:
@@ -158,51 +155,6 @@ def _leaf_ok(data: dict[str, bytes], ca: x509.Certificate, hosts: Sequence[str],
     present = {str(n) for n in names.get_values_for_type(x509.DNSName)}
     present |= {str(n) for n in names.get_values_for_type(x509.IPAddress)}
     return set(hosts) <= present and cert.not_valid_after_utc - now > RENEW_BEFORE
-
-
-def _new_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"secprofiles-webhook-ca-{int(now.timestamp())}")])
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _new_leaf(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], hosts: Sequence[str],
-              now: dt.datetime) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca[0].subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + CERT_LIFETIME)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca[1], hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 def _secret(name: str, data: dict[str, bytes]) -> dict[str, Any]:
