@@ -11,8 +11,9 @@ lint: install
 	$(PYTHON) -m mypy
 
 # Everything but the slow suites: unit tests, podman+runc enforcement, and the real control plane.
+# SECPROFILES_STRICT_INSTALL=1: a test that would skip for a missing tool fails instead (tests/conftest.py).
 test: lint
-	$(PYTHON) -m pytest -m "not slow"
+	SECPROFILES_STRICT_INSTALL=1 $(PYTHON) -m pytest -m "not slow"
 
 # The slow, nightly-style suites (crash loops, long fuzzing).
 test-slow: install

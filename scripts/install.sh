@@ -16,5 +16,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Kustomize renders manifests/: kubectl carries it; without kubectl, build kustomize from the Go module proxy.
+if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "install: kustomize v5.5.0 (go install) into /usr/local/bin"
+  $sudo env "PATH=$PATH" GOBIN=/usr/local/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
+
 echo "install: Python package secprofiles with test tools"
 python3 -m pip install --quiet --root-user-action=ignore --disable-pip-version-check -e '.[test]'

@@ -1,7 +1,14 @@
-"""Shared test helpers: paths to the repository's data."""
+"""Shared test helpers: paths to the repository's data, and the rule for tools a test needs.
+
+A test that needs an installed tool skips with ``missing_install(...)`` as its reason. The README's test command
+(``make test``) sets SECPROFILES_STRICT_INSTALL=1, which turns those skips into failures: there, a missing tool
+means the install step failed, and CI must not pass by skipping.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,3 +20,27 @@ SEEDS = REPO / "tests" / "data" / "seeds"
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+MISSING_INSTALL = "missing install step: "
+
+
+def missing_install(what: str) -> str:
+    """The skip reason for a test whose tool is not installed."""
+    return MISSING_INSTALL + what
+
+
+needs_apparmor_parser = pytest.mark.skipif(
+    shutil.which("apparmor_parser") is None, reason=missing_install("apparmor_parser (Debian package apparmor)"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Under SECPROFILES_STRICT_INSTALL=1, a skip for a missing install step fails the test."""
+    report = yield
+    if os.environ.get("SECPROFILES_STRICT_INSTALL") == "1" and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if MISSING_INSTALL in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason} (SECPROFILES_STRICT_INSTALL=1: the README's install step must provide it)"
+    return report

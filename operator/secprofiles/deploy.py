@@ -1,6 +1,6 @@
 """Installing ``manifests/`` into a cluster without a Kubernetes client library (tests and the sandbox).
 
-* :func:`render` - ``kubectl kustomize DIR`` into a list of objects (kubectl carries kustomize; nothing here
+* :func:`render` - ``kubectl kustomize DIR`` (or ``kustomize build DIR``) into a list of objects (nothing here
   re-implements it);
 * :func:`apply` - server-side apply of rendered objects through :meth:`DevCluster.api`, CRDs first and waited
   for until Established, so objects of those CRDs (the Kopf peering object) apply in the same call;
@@ -29,7 +29,7 @@ __all__ = [
     "apply",
     "collection_path",
     "item_path",
-    "kubectl",
+    "kustomize_command",
     "node_bound_agent_token",
     "render",
     "render_resources",
@@ -74,23 +74,26 @@ _ORDER: Final = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "Clu
 
 
 class KustomizeUnavailableError(RuntimeError):
-    """``kubectl`` (which carries kustomize) is not installed."""
+    """Neither ``kubectl`` (which carries kustomize) nor ``kustomize`` is installed."""
 
 
-def kubectl() -> str | None:
-    """The ``kubectl`` executable, or None."""
-    return shutil.which("kubectl")
+def kustomize_command() -> list[str] | None:
+    """``kubectl kustomize`` or, without kubectl, ``kustomize build`` (scripts/install.sh provides it); or None."""
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    return None
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    """``kubectl kustomize DIRECTORY`` as a list of objects (empty documents dropped)."""
-    exe = kubectl()
-    if exe is None:
-        raise KustomizeUnavailableError("kubectl is not installed (it renders the Kustomize manifests)")
-    result = subprocess.run([exe, "kustomize", str(directory)], capture_output=True, text=True, check=False,
-                            timeout=120)
+    """The kustomize build of ``directory`` as a list of objects (empty documents dropped)."""
+    command = kustomize_command()
+    if command is None:
+        raise KustomizeUnavailableError("neither kubectl nor kustomize is installed (run scripts/install.sh)")
+    result = subprocess.run([*command, str(directory)], capture_output=True, text=True, check=False, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {directory} failed: {result.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(command)} {directory} failed: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 

@@ -128,14 +128,14 @@ class Sandbox:
 
 
 def install_manifests(cluster: DevCluster) -> None:
-    """Server-side apply the kubelet-free part of manifests/ (rendered by kubectl kustomize when available)."""
+    """Server-side apply the kubelet-free part of manifests/ (rendered by kustomize when available)."""
     manifests = repo_root() / "manifests/base"
-    if deploy.kubectl() is not None:
+    if deploy.kustomize_command() is not None:
         objects = deploy.render(manifests)
-        how = "kubectl kustomize"
+        how = " ".join(Path(part).name for part in deploy.kustomize_command() or [])
     else:
         objects = deploy.render_resources(manifests)
-        how = "the resources of the kustomization, untransformed (kubectl not installed)"
+        how = "the resources of the kustomization, untransformed (neither kubectl nor kustomize installed)"
     chosen = deploy.select(objects, SANDBOX_KINDS)
     say(f"applying {len(chosen)} of {len(objects)} objects of manifests/base ({how}): "
         + ", ".join(sorted({o['kind'] for o in chosen})))

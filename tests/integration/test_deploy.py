@@ -3,7 +3,7 @@ exactly enough for the operator and the agent, which run as local processes AS t
 
 The agent's token is minted like the kubelet's projected token: bound to a Pod object on the agent's Node, so it
 carries ``authentication.kubernetes.io/node-name`` and the ValidatingAdmissionPolicies can tell which node it is.
-Rendering needs ``kubectl`` (which carries kustomize); without it these tests are skipped.
+Rendering needs ``kubectl kustomize`` or ``kustomize`` (scripts/install.sh provides the latter).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pytest
 from secprofiles import deploy, profiles
 from secprofiles.devcluster import ApiError, DevCluster
 from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
-from tests.conftest import REPO
+from tests.conftest import REPO, missing_install
 from tests.integration.processes import OperatorProcess
 from tests.integration.test_agent import AgentProcess, eventually
 
 pytestmark = [
     pytest.mark.controlplane,
-    pytest.mark.skipif(deploy.kubectl() is None, reason="kubectl (kustomize) is needed to render manifests/"),
+    pytest.mark.skipif(deploy.kustomize_command() is None, reason=missing_install("kubectl or kustomize")),
 ]
 NS = deploy.NAMESPACE
 GROUP = "/apis/secprofiles.io/v1alpha1"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing_install
+
 IMAGE = "localhost/secprofiles-busybox:test"
 RUN = ["podman", "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
        "--runtime", "runc"]
@@ -36,7 +38,7 @@ def _build_image(tmp: Path) -> None:
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Runner:
     """Run a shell command in busybox under podman+runc, optionally with a seccomp profile file."""
     if shutil.which("podman") is None or shutil.which("runc") is None or not BUSYBOX.exists():
-        pytest.skip("podman, runc or busybox-static is not installed: run the README's install step")
+        pytest.skip(missing_install("podman, runc or busybox-static"))
     _build_image(tmp_path_factory.mktemp("image"))
     probe = subprocess.run([*RUN, IMAGE, "/bin/busybox", "true"], capture_output=True, text=True)
     if probe.returncode != 0:

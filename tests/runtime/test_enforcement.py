@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from secprofiles import cli
-from tests.conftest import REPO, SEEDS
+from tests.conftest import REPO, SEEDS, missing_install
 from tests.runtime.conftest import Runner
 
 pytestmark = pytest.mark.runtime
@@ -54,7 +54,7 @@ def test_podmans_own_default_profile_imports_lints_and_runs_a_shell(
         podman: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = Path("/usr/share/containers/seccomp.json")
     if not source.exists():
-        pytest.skip("containers-common's seccomp.json is missing: podman is not installed from Debian")
+        pytest.skip(missing_install("/usr/share/containers/seccomp.json (golang-github-containers-common)"))
     rendered = imported_and_rendered(tmp_path, capsys, source, "podman-default")
     result = podman("echo hello from busybox; ls / >/dev/null && echo listed", seccomp=rendered)
     assert result.stdout.split("\n")[:2] == ["hello from busybox", "listed"], result.stderr

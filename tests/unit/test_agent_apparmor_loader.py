@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ from secprofiles.agent.apparmor_loader import (
     apparmor_enabled,
     read_profiles_file,
 )
+from tests.conftest import needs_apparmor_parser
 
-needs_parser = pytest.mark.skipif(shutil.which("apparmor_parser") is None,
-                                  reason="apparmor_parser not installed: simulated AppArmor loading needs it to compile")
 GOOD = b"#include <tunables/global>\nprofile demo flags=(attach_disconnected) {\n  #include <abstractions/base>\n}\n"
 BAD = b"profile demo {\n  this is not a rule\n}\n"
 
@@ -46,7 +44,7 @@ def test_profiles_file_parsing() -> None:
             "docker-default": "enforce", "/usr/sbin/ntpd": "complain", "name with space": "enforce"}
 
 
-@needs_parser
+@needs_apparmor_parser
 async def test_simulated_kernel_load_records_name_and_mode_and_keeps_foreign_profiles(
         host: Path, tmp_path: Path) -> None:
     (host / SECURITYFS / "profiles").write_text("docker-default (enforce)\n")
@@ -62,7 +60,7 @@ async def test_simulated_kernel_load_records_name_and_mode_and_keeps_foreign_pro
     assert loader.loaded_names() == {"docker-default"}
 
 
-@needs_parser
+@needs_apparmor_parser
 async def test_simulated_kernel_load_rejects_what_the_parser_rejects(host: Path, tmp_path: Path) -> None:
     policy = tmp_path / "demo.apparmor"
     policy.write_bytes(BAD)

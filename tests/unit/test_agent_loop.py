@@ -5,21 +5,17 @@ AppArmor kernel loading is SIMULATED here (RecordingLoader): this kernel has no 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from secprofiles import nodereport, profiles
 from secprofiles.agent.agent import Agent, Config
 from secprofiles.agent.apparmor_loader import SECURITYFS, RecordingLoader, read_profiles_file
+from tests.conftest import needs_apparmor_parser
 from tests.unit.agent_fakes import FakeApi
 
 NPS = "/apis/secprofiles.io/v1alpha1/nodeprofilestatuses/node-a"
 NODE = "/api/v1/nodes/node-a"
-needs_parser = pytest.mark.skipif(shutil.which("apparmor_parser") is None,
-                                  reason="apparmor_parser not installed: simulated AppArmor loading needs it")
 
 
 def sp(name: str, namespace: str = "apps", **spec: Any) -> dict[str, Any]:
@@ -145,7 +141,7 @@ async def test_without_apparmor_the_profile_is_an_error_and_seccomp_still_instal
     assert status(api)["appArmorEnabled"] is False
 
 
-@needs_parser
+@needs_apparmor_parser
 async def test_simulated_apparmor_loads_unloads_and_never_replaces_a_foreign_profile(tmp_path: Path) -> None:
     agent, api, _ = make_agent(tmp_path, apparmor=True)
     kernel = tmp_path / "host" / SECURITYFS / "profiles"
@@ -165,7 +161,7 @@ async def test_simulated_apparmor_loads_unloads_and_never_replaces_a_foreign_pro
     assert not (tmp_path / "state/apparmor/demo.apparmor").exists()
 
 
-@needs_parser
+@needs_apparmor_parser
 async def test_a_restart_reloads_every_apparmor_profile_and_unloads_removed_ones(tmp_path: Path) -> None:
     agent, api, _ = make_agent(tmp_path, apparmor=True)
     await start(agent, aa("demo"), aa("gone"))

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from secprofiles import apparmor, apparmor_parser
-from tests.conftest import SEEDS
+from tests.conftest import SEEDS, needs_apparmor_parser
 
 NAME = "k8s-apparmor-example-deny-write"
 DENY_WRITE = (SEEDS / "deny-write.profile").read_text()
@@ -73,30 +73,29 @@ def test_mode_changes_the_rendered_bytes() -> None:
     assert enforce.localhost_profile == NAME
 
 
-needs_parser = pytest.mark.skipif(not apparmor_parser.available(), reason=apparmor_parser.NOT_INSTALLED)
 
 
-@needs_parser
+@needs_apparmor_parser
 def test_parser_compiles_the_source_example() -> None:
     rendered = apparmor.render(policy_obj(DENY_WRITE))
     assert asyncio.run(apparmor_parser.check(rendered.content, NAME)) == []
 
 
-@needs_parser
+@needs_apparmor_parser
 def test_parser_rejects_bad_syntax_with_its_message() -> None:
     rendered = apparmor.render(policy_obj(DENY_WRITE.replace("deny /** w,", "deny /** wq,")))
     (finding,) = asyncio.run(apparmor_parser.check(rendered.content, NAME))
     assert finding.field == "spec.policy" and "apparmor_parser rejected" in finding.message
 
 
-@needs_parser
+@needs_apparmor_parser
 def test_parser_names_check_catches_what_the_lexer_might_miss() -> None:
     text = DENY_WRITE.replace("file,", "file,\n  ^hat { }").encode()
     (finding,) = asyncio.run(apparmor_parser.check(text, NAME))
     assert f"{NAME}//hat" in finding.message
 
 
-@needs_parser
+@needs_apparmor_parser
 def test_structured_rules_compile() -> None:
     obj = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "AppArmorProfile", "metadata": {"name": "web"},
            "spec": {"rules": {"filesystem": {"readOnlyPaths": ["/etc/**", "@{HOME}/x"], "writablePaths": ["/tmp/**"],
