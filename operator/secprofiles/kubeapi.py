@@ -123,6 +123,20 @@ def resource_path(kind: str, namespace: str | None = None, name: str | None = No
     return path
 
 
+RETRY_AFTER_ATTEMPTS = 10
+MAX_RETRY_AFTER = 10.0
+
+
+def retry_after(status: int, header: str | None) -> float | None:
+    """Seconds to wait before retrying an answer, or None if it is not to be retried."""
+    if status != 429:
+        return None
+    try:
+        return min(max(float(header or 1), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return 1.0
+
+
 PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
                "strategic": "application/strategic-merge-patch+json", "apply": "application/apply-patch+yaml"}
 
@@ -155,16 +169,26 @@ class KubeApi:
 
     async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
                       content_type: str = "application/json") -> Object:
-        """One request; returns the decoded body, raises ApiError for non-2xx answers."""
+        """One request; returns the decoded body, raises ApiError for non-2xx answers.
+
+        A 429 answer with Retry-After (API priority and fairness, or a watch cache still initialising) is retried
+        after the delay it names, like client-go does, up to ``RETRY_AFTER_ATTEMPTS`` times.
+        """
         data = None if body is None else json.dumps(body)
         timeout = aiohttp.ClientTimeout(total=30)
-        async with self._session.request(method, self.credentials.server + path, data=data, params=params,
-                                         headers=self._headers(content_type if data else None),
-                                         timeout=timeout) as response:
-            text = await response.text()
-            if response.status >= 300:
-                raise _api_error(response.status, response.reason or "", text)
-            return json.loads(text) if text else {}
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self._session.request(method, self.credentials.server + path, data=data, params=params,
+                                             headers=self._headers(content_type if data else None),
+                                             timeout=timeout) as response:
+                text = await response.text()
+                if response.status < 300:
+                    return json.loads(text) if text else {}
+                delay = retry_after(response.status, response.headers.get("Retry-After"))
+                if delay is None or attempt >= RETRY_AFTER_ATTEMPTS:
+                    raise _api_error(response.status, response.reason or "", text)
+            await asyncio.sleep(delay)
 
     async def get(self, path: str) -> Object | None:
         """The object at ``path``, or None if it does not exist."""

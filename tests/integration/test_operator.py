@@ -264,14 +264,15 @@ async def test_two_replicas_with_peering_never_both_act(
         await wait_for(lambda: _logged(low, "Pausing"), what="the low-priority replica to pause")
         await api.create(resource_path("SeccompProfile", NS), seccomp("peered"))
         await wait_status(api, "peered", lambda s: s.get("phase") == "Installing")
-        assert "seccomp/team-a/peered" in high.log.read_text()
+        # The status line is logged after the status patch and its Event, so the test may read the log first.
+        await wait_for(lambda: _logged(high, "seccomp/team-a/peered"), what="the high-priority replica's status log")
         assert "seccomp/team-a/peered" not in low.log.read_text(), low.log.read_text()[-3000:]
 
         high.stop()  # a clean stop withdraws from peering, so the other replica takes over at once
         await wait_for(lambda: _logged(low, "Resuming"), what="the low-priority replica to resume")
         await api.create(resource_path("SeccompProfile", NS), seccomp("after-failover"))
         await wait_status(api, "after-failover", lambda s: s.get("phase") == "Installing")
-        assert "seccomp/team-a/after-failover" in low.log.read_text()
+        await wait_for(lambda: _logged(low, "seccomp/team-a/after-failover"), what="the new active replica's status log")
     finally:
         high.stop()
         low.stop()
