@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,29 @@ SEEDS = REPO / "tests" / "data" / "seeds"
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a measured figure (cases tried, faults injected, files checked…); printed in the terminal summary."""
+    figures = request.config.stash.setdefault(_FIGURES, [])
+
+    def record(text: str) -> None:
+        figures.append(f"{request.node.nodeid}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print the figures tests recorded with ``report_figure``."""
+    figures = config.stash.get(_FIGURES, [])
+    if figures:
+        terminalreporter.section("figures")
+        for line in figures:
+            terminalreporter.write_line(line)
 
 
 MISSING_INSTALL = "missing install step: "
