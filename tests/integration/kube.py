@@ -28,6 +28,25 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float = 20
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
+def webhook_config(port: int, *, path_prefix: str = "", ca_bundle: str | None = None,
+                   failure_policy: str | None = None) -> dict[str, Any]:
+    """manifests/base/webhook.yaml, with each webhook's Service replaced by a server on 127.0.0.1:``port``.
+
+    Nothing else of the shipped policy changes, except ``failure_policy`` when given (an overlay's choice).
+    ``path_prefix`` goes before the Service's path (tests tell registrations apart by it); ``ca_bundle`` is
+    base64 PEM (without it the operator injects its own CA).
+    """
+    config: dict[str, Any] = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
+    for webhook in config["webhooks"]:
+        client: dict[str, Any] = {"url": f"https://127.0.0.1:{port}{path_prefix}{webhook['clientConfig']['service']['path']}"}
+        if ca_bundle:
+            client["caBundle"] = ca_bundle
+        webhook["clientConfig"] = client
+        if failure_policy:
+            webhook["failurePolicy"] = failure_policy
+    return config
+
+
 def open_api(kubeconfig: Path | str) -> KubeApi:
     """A KubeApi for the given kubeconfig."""
     return KubeApi(Credentials.from_kubeconfig(kubeconfig), user_agent="secprofiles-tests")

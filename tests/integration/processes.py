@@ -55,3 +55,18 @@ class OperatorProcess:
     def tail(self, lines: int = 40) -> str:
         """The end of its log."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class WebhookOperator(OperatorProcess):
+    """The operator as a real process, serving the pod-binding webhook on 127.0.0.1:``port``.
+
+    It keeps its certificate in ``namespace`` and injects its CA into the configuration ``config_name``.
+    """
+
+    def __init__(self, kubeconfig: Path, directory: Path, namespace: str = "secprofiles-system",
+                 config_name: str = "secprofiles") -> None:
+        self.port = free_port()
+        super().__init__(kubeconfig, directory / "operator.log", "--standalone",
+                         "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
+                         "--cert-dir", str(directory / "certs"), "--namespace", namespace,
+                         "--webhook-config-name", config_name, endpoints=True)

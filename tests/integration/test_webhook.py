@@ -25,8 +25,16 @@ import yaml
 from secprofiles import profiles
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import REPO, create_node, ensure_namespace, install_crds, open_api, wait_for
-from tests.integration.processes import OperatorProcess, free_port
+from tests.integration.kube import (
+    REPO,
+    create_node,
+    ensure_namespace,
+    install_crds,
+    open_api,
+    wait_for,
+    webhook_config,
+)
+from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 from tests.runtime.conftest import IMAGE, Runner, podman  # noqa: F401  (podman: the session fixture)
 
@@ -35,25 +43,6 @@ NS, OFF, OPERATOR_NS = "wh-team", "wh-off", "secprofiles-system"
 CONFIG = "secprofiles"
 APPARMOR_NAME = "k8s-apparmor-example-deny-write"
 CHMOD_RULES = [{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}]
-
-
-class WebhookOperator(OperatorProcess):
-    """The operator as a real process, serving the webhook on 127.0.0.1."""
-
-    def __init__(self, kubeconfig: Path, directory: Path) -> None:
-        self.port = free_port()
-        super().__init__(kubeconfig, directory / "operator.log", "--standalone",
-                         "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
-                         "--cert-dir", str(directory / "certs"), "--namespace", OPERATOR_NS,
-                         "--webhook-config-name", CONFIG, endpoints=True)
-
-
-def webhook_config(port: int) -> dict[str, Any]:
-    """manifests/base/webhook.yaml, with the Service replaced by the operator process on loopback."""
-    config = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
-    for webhook in config["webhooks"]:
-        webhook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{webhook['clientConfig']['service']['path']}"}
-    return config
 
 
 @pytest.fixture(scope="module")
