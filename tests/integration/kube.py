@@ -47,6 +47,15 @@ def webhook_config(port: int, *, path_prefix: str = "", ca_bundle: str | None = 
     return config
 
 
+async def apply_admission_policies(api: KubeApi, manifest: Path) -> None:
+    """Server-side apply every ValidatingAdmissionPolicy(Binding) of ``manifest``."""
+    for doc in yaml.safe_load_all(await asyncio.to_thread(manifest.read_text)):
+        plural = "validatingadmissionpolicies" if doc["kind"] == "ValidatingAdmissionPolicy" \
+            else "validatingadmissionpolicybindings"
+        await api.patch(f"/apis/admissionregistration.k8s.io/v1/{plural}/{doc['metadata']['name']}", doc, "apply",
+                        params={"fieldManager": "secprofiles-tests", "force": "true"})
+
+
 def open_api(kubeconfig: Path | str) -> KubeApi:
     """A KubeApi for the given kubeconfig."""
     return KubeApi(Credentials.from_kubeconfig(kubeconfig), user_agent="secprofiles-tests")

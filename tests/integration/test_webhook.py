@@ -27,6 +27,7 @@ from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
 from tests.integration.kube import (
     REPO,
+    apply_admission_policies,
     create_node,
     ensure_namespace,
     install_crds,
@@ -276,11 +277,7 @@ async def test_webhook_down_with_ignore_admits_pods(api: KubeApi, operator: Webh
 
 
 async def test_namespace_guard_rejects_cross_namespace_reference(api: KubeApi) -> None:
-    for doc in yaml.safe_load_all((REPO / "manifests/base/namespace-guard.yaml").read_text()):
-        plural = "validatingadmissionpolicies" if doc["kind"] == "ValidatingAdmissionPolicy" \
-            else "validatingadmissionpolicybindings"
-        await api.patch(f"/apis/admissionregistration.k8s.io/v1/{plural}/{doc['metadata']['name']}", doc, "apply",
-                        params={"fieldManager": "secprofiles-tests", "force": "true"})
+    await apply_admission_policies(api, REPO / "manifests/base/namespace-guard.yaml")
 
     def with_profile(path: str) -> dict[str, Any]:
         return pod("guarded", namespace=OFF,

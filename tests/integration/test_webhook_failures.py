@@ -32,7 +32,16 @@ import yaml
 from secprofiles.devcluster import DevCluster
 from secprofiles.devcluster_clients import WebhookTLS, webhook_tls
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import REPO, create_node, ensure_namespace, install_crds, open_api, wait_for, webhook_config
+from tests.integration.kube import (
+    REPO,
+    apply_admission_policies,
+    create_node,
+    ensure_namespace,
+    install_crds,
+    open_api,
+    wait_for,
+    webhook_config,
+)
 from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 
@@ -184,12 +193,18 @@ class Created:
     refusal: str = ""
 
 
-def pod(name: str, namespace: str) -> dict[str, Any]:
-    """A pod that asks to be bound: a working webhook would give its container a seccomp profile."""
+def pod(name: str, namespace: str, localhost_profile: str | None = None) -> dict[str, Any]:
+    """A pod that asks to be bound: a working webhook would give its container a seccomp profile.
+
+    With ``localhost_profile`` its container names a seccomp file itself.
+    """
+    container: dict[str, Any] = {"name": "app", "image": "registry.local/busybox:1.36"}
+    if localhost_profile:
+        container["securityContext"] = {"seccompProfile": {"type": "Localhost", "localhostProfile": localhost_profile}}
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": {TEST_LABEL: "1"},
                          "annotations": {"secprofiles.io/seccomp-profile": PROFILE}},
-            "spec": {"containers": [{"name": "app", "image": "registry.local/busybox:1.36"}]}}
+            "spec": {"containers": [container]}}
 
 
 def unbound(created: Created) -> bool:
@@ -199,12 +214,14 @@ def unbound(created: Created) -> bool:
             and "secprofiles.io/profiles" not in (created.pod["metadata"].get("annotations") or {}))
 
 
-async def create_pods(api: KubeApi, prefix: str, namespaces: list[str]) -> list[Created]:
+async def create_pods(api: KubeApi, prefix: str, namespaces: list[str],
+                      localhost_profile: str | None = None) -> list[Created]:
     """Create one pod per entry of ``namespaces``, all at once; time each create."""
     async def one(index: int, namespace: str) -> Created:
         started = time.monotonic()
+        body = pod(f"{prefix}-{index}", namespace, localhost_profile)
         try:
-            stored = await api.create(resource_path("Pod", namespace), pod(f"{prefix}-{index}", namespace))
+            stored = await api.create(resource_path("Pod", namespace), body)
             return Created(namespace, time.monotonic() - started, pod=stored)
         except ApiError as error:
             return Created(namespace, time.monotonic() - started, refusal=error.message)
@@ -356,6 +373,40 @@ async def test_failure_mode(api: KubeApi, devcluster: DevCluster, server: FaultS
                   f"{requests} requests at the fault server, {after['calls'] - after_outside['calls']:.0f} "
                   f"webhook calls / {after['fail_open'] - after_outside['fail_open']:.0f} fail-open "
                   f"per the API server")
+
+
+async def test_outage_leaves_api_server_guards_and_untrusted_record(api: KubeApi, server: FaultServer,
+                                                                   report_figure: Any) -> None:
+    """Webhook down (shipped policy): the namespace guard, served by the API server itself, still refuses a
+    reference to another namespace's profile; a forged ``secprofiles.io/profiles`` record is admitted as sent,
+    so that annotation is only a record when the webhook ran (in-use protection reads the securityContext)."""
+    await apply_admission_policies(api, REPO / "manifests/base/namespace-guard.yaml")
+    await register(api, server, POLICY)
+    server.stop()
+    foreign = "secprofiles/other-team/x.json"
+    try:
+        async def in_force() -> bool:  # the policy takes effect shortly after it is applied
+            try:
+                await api.request("POST", resource_path("Pod", OPTED), pod("probe", OPTED, foreign),
+                                  params={"dryRun": "All"})
+            except ApiError:
+                return True
+            return False
+
+        await wait_for(in_force, what="the namespace guard in force")
+        refused = await create_pods(api, "foreign", [OPTED] * PODS, foreign)
+        forged = pod("forged", OPTED)
+        forged["metadata"]["annotations"]["secprofiles.io/profiles"] = '{"app": ["SeccompProfile/x/y@sha256:0"]}'
+        stored = await api.create(resource_path("Pod", OPTED), forged)
+    finally:
+        server.start()
+    assert all(r.pod is None and f"seccomp localhostProfile {foreign} is not a secprofiles profile of namespace "
+               f"{OPTED}" in r.refusal for r in refused), refused[0]
+    assert stored["metadata"]["annotations"]["secprofiles.io/profiles"] == \
+        forged["metadata"]["annotations"]["secprofiles.io/profiles"]
+    assert "securityContext" not in stored["spec"]["containers"][0]
+    report_figure(f"webhook down: namespace guard refused {len(refused)}/{PODS} pods naming another namespace's "
+                  f"profile ({latency(refused)}); 1 forged secprofiles.io/profiles record admitted as sent")
 
 
 async def _installed_on_every_node(api: KubeApi) -> None:
