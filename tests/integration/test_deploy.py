@@ -110,6 +110,19 @@ def test_overlays_render(overlay: str) -> None:
         assert {o["kind"] for o in objects} >= {"Certificate", "Issuer"}
 
 
+def test_every_container_has_memory_request_equal_to_limit(rendered: list[dict[str, Any]]) -> None:
+    """The Kubernetes security checklist: a memory limit no higher than the request (no overcommit on nodes)."""
+    checked = 0
+    for workload in rendered:
+        if workload["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            resources = container["resources"]
+            assert resources["limits"]["memory"] == resources["requests"]["memory"], (workload["kind"], resources)
+            checked += 1
+    assert checked == 2
+
+
 # --------------------------------------------------------------------------- Pod Security
 
 
