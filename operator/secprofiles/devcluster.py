@@ -618,7 +618,7 @@ class DevCluster:
         probes = {"etcd": self._etcd_healthy, "kube-apiserver": self._apiserver_ready,
                   "kube-controller-manager": self._kcm_healthy}
         self._wait_until(name, deadline, probes[name], watched=[name])
-        if name == "etcd":  # the API server's /readyz includes etcd: wait until it serves again
+        if name == "etcd" and self._proc("kube-apiserver").alive():  # its /readyz includes etcd: wait for it
             self._wait_until("kube-apiserver", deadline, self._apiserver_ready, watched=["kube-apiserver"])
         ready = time.monotonic() - started
         # kube-controller-manager exits when it loses the API server at the wrong moment (a kubelet would
