@@ -181,7 +181,7 @@ async def running_fleet(base: Path, namespace: str, nodes: int = 2,
     Must run on the main thread: the cluster's processes die with the thread that started them.
     """
     try:
-        cluster = DevCluster(base / "cluster", binary=ensure_binary(), stop_grace=5, quiet=True)
+        cluster = DevCluster(base / "cluster", binary=ensure_binary(), stop_grace=2, quiet=True)  # throw-away
         cluster.start()
     except DevClusterError as error:
         pytest.fail(f"the fault-injection control plane did not start: {error}", pytrace=False)

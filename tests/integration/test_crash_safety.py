@@ -288,8 +288,8 @@ async def kill_loop(api: KubeApi, agent: AgentProcess, model: Model, kills: int,
 
 async def test_kill_9_during_installs_short(
         crash_setup: tuple[KubeApi, AgentProcess, Model], report_figure: Callable[[str], None]) -> None:
-    """The default-suite variant: a dozen kills, converging every fourth."""
-    await kill_loop(*crash_setup, kills=12, converge_every=4, report_figure=report_figure)
+    """The default-suite variant: ten kills, converging after the fifth and at the end."""
+    await kill_loop(*crash_setup, kills=10, converge_every=5, report_figure=report_figure)
 
 
 @pytest.mark.slow

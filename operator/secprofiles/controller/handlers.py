@@ -24,7 +24,7 @@ API_RETRY_BACKOFFS = (0.5, 1.0, 2.0, 4.0, *[5.0] * 9)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering.
+    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering, prompt reconnects.
 
     Kopf's own finalizer name stays distinct from ours: Kopf strips its finalizer from objects whose
     handlers do not need one, and ours must survive until no pod uses the profile.

@@ -68,8 +68,8 @@ class Reconciler:
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
                 metrics.ERRORS.labels(kind).inc()
                 expected = isinstance(error, (TimeoutError, ApiError, OSError))
-                log.warning("reconcile %s failed (%s); retrying in %.1fs", key, error, delay,
-                            exc_info=None if expected else error)
+                log.warning("reconcile %s failed (%s); retrying in %.1fs", key, str(error) or type(error).__name__,
+                            delay, exc_info=None if expected else error)
                 asyncio.get_running_loop().call_later(delay, self.mark, {key})
 
     async def reconcile(self, key: str) -> None:
