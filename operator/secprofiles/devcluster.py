@@ -379,6 +379,7 @@ class _Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str]
     peak_rss: int = 0
 
     def alive(self) -> bool:
@@ -588,6 +589,64 @@ class DevCluster:
         if self._own_dir and not self._failed:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def kill_component(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one running component (``etcd``, ``kube-apiserver``, ``kube-controller-manager``) with ``sig``.
+
+        The others keep running; :meth:`start_component` starts it again. For fault-injection tests.
+        """
+        proc = self._proc(name)
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.send_signal(sig)
+            try:
+                proc.popen.wait(timeout=self.stop_grace)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+    def start_component(self, name: str, timeout: float | None = None) -> float:
+        """Start a component stopped by :meth:`kill_component` again, with the same arguments, ports and data
+        directory; return once it is ready (and the API server with it), with the seconds that took."""
+        proc = self._proc(name)
+        if proc.alive():
+            raise DevClusterError(f"{name} is still running")
+        started = time.monotonic()
+        deadline = started + (timeout or self.start_timeout)
+        with proc.log.open("ab") as out:
+            out.write(f"----- restarted by the test harness (exit status {proc.popen.returncode}) -----\n".encode())
+        self._spawn(name, proc.argv)
+        probes = {"etcd": self._etcd_healthy, "kube-apiserver": self._apiserver_ready,
+                  "kube-controller-manager": self._kcm_healthy}
+        self._wait_until(name, deadline, probes[name], watched=[name])
+        if name == "etcd" and self._proc("kube-apiserver").alive():  # its /readyz includes etcd: wait for it
+            self._wait_until("kube-apiserver", deadline, self._apiserver_ready, watched=["kube-apiserver"])
+        ready = time.monotonic() - started
+        # kube-controller-manager exits when it loses the API server at the wrong moment (a kubelet would
+        # restart it): do the same, off the clock.
+        manager = next((p for p in self._procs if p.name == "kube-controller-manager"), None)
+        if name != "kube-controller-manager" and manager is not None and not manager.alive():
+            self.start_component("kube-controller-manager", timeout)
+        return ready
+
+    def restart_apiserver(self, sig: int = signal.SIGTERM, down: float = 0.0) -> float:
+        """Stop kube-apiserver with ``sig``, keep it down ``down`` seconds, start it again; seconds until ready."""
+        self.kill_component("kube-apiserver", sig)
+        time.sleep(down)
+        return self.start_component("kube-apiserver")
+
+    def restart_etcd(self, sig: int = signal.SIGTERM, down: float = 0.0) -> float:
+        """Stop etcd with ``sig`` (same data directory kept), ``down`` seconds, start it again; seconds until the
+        API server is ready again."""
+        self.kill_component("etcd", sig)
+        time.sleep(down)
+        return self.start_component("etcd")
+
+    def _proc(self, name: str) -> _Proc:
+        for proc in self._procs:
+            if proc.name == name:
+                return proc
+        raise DevClusterError(f"no component named {name!r} was started")
+
     def __enter__(self) -> DevCluster:
         """Start the cluster."""
         return self.start()
@@ -601,9 +660,11 @@ class DevCluster:
         """Stop the cluster."""
         self.stop()
 
-    def check_alive(self) -> None:
-        """Raise :class:`DevClusterError` (with the log tail) if a component has exited."""
+    def check_alive(self, names: Sequence[str] | None = None) -> None:
+        """Raise :class:`DevClusterError` (with the log tail) if a component (of ``names``, default all) has exited."""
         for p in self._procs:
+            if names is not None and p.name not in names:
+                continue
             rc = p.popen.poll()
             if rc is not None:
                 raise DevClusterError(
@@ -820,13 +881,19 @@ class DevCluster:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop them in order
                 preexec_fn=_set_pdeathsig if self.die_with_parent else None,
             )
-        self._procs.append(_Proc(name=name, popen=popen, log=log))
+        proc = _Proc(name=name, popen=popen, log=log, argv=argv)
+        # A restarted component keeps its place: stop() ends them in reverse start order.
+        index = next((i for i, p in enumerate(self._procs) if p.name == name), None)
+        if index is None:
+            self._procs.append(proc)
+        else:
+            self._procs[index] = proc
 
-    def _wait_until(self, name: str, deadline: float, probe: Any) -> None:
+    def _wait_until(self, name: str, deadline: float, probe: Any, watched: Sequence[str] | None = None) -> None:
         delay = 0.05
         last = ""
         while True:
-            self.check_alive()
+            self.check_alive(watched)
             try:
                 ok, last = probe()
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:

@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import random
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,10 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         self.status, self.reason, self.message = status, reason, message
         super().__init__(f"{status} {reason}: {message}")
+
+
+class ApiUnreachableError(ConnectionError):
+    """The connection to the API server was lost during a request (an OSError, like a refused connection)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,8 @@ class KubeApi:
 
     async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
                       content_type: str = "application/json") -> Object:
-        """One request; returns the decoded body, raises ApiError for non-2xx answers.
+        """One request; returns the decoded body, raises ApiError for non-2xx answers and OSError (among them
+        ApiUnreachableError) when the API server cannot be reached or the connection is lost.
 
         A 429 answer with Retry-After (API priority and fairness, or a watch cache still initialising) is retried
         after the delay it names, like client-go does, up to ``RETRY_AFTER_ATTEMPTS`` times.
@@ -179,15 +185,22 @@ class KubeApi:
         attempt = 0
         while True:
             attempt += 1
-            async with self._session.request(method, self.credentials.server + path, data=data, params=params,
-                                             headers=self._headers(content_type if data else None),
-                                             timeout=timeout) as response:
-                text = await response.text()
-                if response.status < 300:
-                    return json.loads(text) if text else {}
-                delay = retry_after(response.status, response.headers.get("Retry-After"))
-                if delay is None or attempt >= RETRY_AFTER_ATTEMPTS:
-                    raise _api_error(response.status, response.reason or "", text)
+            try:
+                async with self._session.request(method, self.credentials.server + path, data=data, params=params,
+                                                 headers=self._headers(content_type if data else None),
+                                                 timeout=timeout) as response:
+                    text = await response.text()
+                    if response.status < 300:
+                        return json.loads(text) if text else {}
+                    delay = retry_after(response.status, response.headers.get("Retry-After"))
+                    if delay is None or attempt >= RETRY_AFTER_ATTEMPTS:
+                        raise _api_error(response.status, response.reason or "", text)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+                if isinstance(error, OSError):
+                    raise
+                # "Server disconnected" and a truncated answer are not OSErrors in aiohttp, unlike a refused
+                # connection: one type for every lost connection, so callers' ``except OSError`` covers them all.
+                raise ApiUnreachableError(f"{method} {path}: {error}") from error
             await asyncio.sleep(delay)
 
     async def get(self, path: str) -> Object | None:
@@ -249,59 +262,76 @@ def _api_error(status: int, reason: str, text: str) -> ApiError:
 
 
 EventHandler = Callable[[str, Object], Awaitable[None]]
+RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 4.0
+
+
+def reconnect_delay(failures: int, base: float = RETRY_DELAY, cap: float = MAX_RETRY_DELAY,
+                    jitter: float = 1.0) -> float:
+    """The wait before attempt ``failures + 1`` after consecutive failures: doubling from ``base`` up to ``cap``,
+    scaled by ``jitter`` (0.5-1.0, random in use) so that many clients do not return to a restarted API server
+    in step."""
+    return min(cap, base * 2.0 ** max(failures - 1, 0)) * jitter
 
 
 async def list_and_watch(api: KubeApi, path: str, on_event: EventHandler,
                          on_synced: Callable[[], Awaitable[None]] | None = None,
-                         retry_delay: float = 0.5) -> None:
+                         retry_delay: float = RETRY_DELAY) -> None:
     """Keep ``on_event`` told of every object at ``path``, forever.
 
     Lists first (reporting every object as ADDED, and DELETED for objects that vanished since an earlier
-    listing), calls ``on_synced`` after each complete listing, then watches. A watch that ends resumes
-    from the last resourceVersion; 410 Gone (history compacted) or a lost connection lists again, so no
-    change is missed. No polling: the only waits are the server's.
+    listing), calls ``on_synced`` after each complete listing, then watches. A watch that ends, or whose
+    connection is lost, resumes from the last resourceVersion (as client-go's reflector does): no full listing
+    for a network blip or a server error. Only 410 Gone (the history since that version is no longer kept,
+    e.g. by a restarted API server) lists again, so no change is missed. Failed attempts back off
+    (doubling up to ``MAX_RETRY_DELAY``, with jitter). No polling: the only waits are the server's and backoff.
     """
     known: dict[str, Object] = {}
+    version: str | None = None  # None: list before watching
+    failures = 0
     while True:
         try:
-            listing = await api.request("GET", path)
-            version = listing["metadata"]["resourceVersion"]
-            current = {_key(item): item for item in listing.get("items") or []}
-            for key, item in known.items():
-                if key not in current:
-                    await on_event("DELETED", item)
-            for item in current.values():
-                await on_event("ADDED", item)
-            known = {key: _slim(item) for key, item in current.items()}
-            if on_synced:
-                await on_synced()
-            while True:
-                gone = False
-                async for kind, obj in api.watch(path, version):
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            gone = True
-                            break
-                        raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
-                    version = obj["metadata"]["resourceVersion"]
-                    if kind == "BOOKMARK":
-                        continue
-                    if kind == "DELETED":
-                        known.pop(_key(obj), None)
-                    else:
-                        known[_key(obj)] = _slim(obj)
-                    await on_event(kind, obj)
-                if gone:
-                    break
+            if version is None:
+                listing = await api.request("GET", path)
+                current = {_key(item): item for item in listing.get("items") or []}
+                for key, item in known.items():
+                    if key not in current:
+                        await on_event("DELETED", item)
+                for item in current.values():
+                    await on_event("ADDED", item)
+                known = {key: _slim(item) for key, item in current.items()}
+                version = listing["metadata"]["resourceVersion"]
+                failures = 0
+                if on_synced:
+                    await on_synced()
+            async for kind, obj in api.watch(path, version):
+                failures = 0
+                if kind == "ERROR":
+                    raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+                version = obj["metadata"]["resourceVersion"]
+                if kind == "BOOKMARK":
+                    continue
+                if kind == "DELETED":
+                    known.pop(_key(obj), None)
+                else:
+                    known[_key(obj)] = _slim(obj)
+                await on_event(kind, obj)
         except asyncio.CancelledError:
             raise
         except ApiError as error:
-            if error.status != 410:
-                log.warning("list/watch %s failed: %s; listing again", path, error)
-                await asyncio.sleep(retry_delay)
+            if error.status == 410:
+                log.info("list/watch %s: resourceVersion %s expired (410 Gone); listing again", path, version)
+                version = None
+                continue
+            failures += 1
+            then = "listing again" if version is None else f"resuming the watch from resourceVersion {version}"
+            log.warning("list/watch %s failed: %s; %s", path, error, then)
+            await asyncio.sleep(reconnect_delay(failures, retry_delay, jitter=random.uniform(0.5, 1.0)))
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
-            log.warning("list/watch %s lost the API server (%s); listing again", path, error)
-            await asyncio.sleep(retry_delay)
+            failures += 1
+            then = "listing again" if version is None else f"resuming the watch from resourceVersion {version}"
+            log.warning("list/watch %s lost the API server (%s); %s", path, error, then)
+            await asyncio.sleep(reconnect_delay(failures, retry_delay, jitter=random.uniform(0.5, 1.0)))
 
 
 def _key(obj: Object) -> str:

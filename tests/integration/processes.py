@@ -1,13 +1,20 @@
-"""The operator as a real process, as tests run it: one helper for every suite."""
+"""The operator and the node agent as real processes, as tests run them: one helper each for every suite."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SECURITYFS = Path("sys/kernel/security/apparmor")
 
 
 def free_port() -> int:
@@ -70,3 +77,100 @@ class WebhookOperator(OperatorProcess):
                          "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
                          "--cert-dir", str(directory / "certs"), "--namespace", namespace,
                          "--webhook-config-name", config_name, endpoints=True)
+
+
+class AgentProcess:
+    """``python -m secprofiles.agent`` for one simulated node: its host root, state and log under ``base``."""
+
+    def __init__(self, kubeconfig: Path, node: str, base: Path, apparmor: bool = False) -> None:
+        self.node, self.kubeconfig, self.apparmor = node, kubeconfig, apparmor
+        self.host_root, self.state_dir, self.log = base / "host", base / "state", base / "agent.log"
+        self.host_root.mkdir(parents=True, exist_ok=True)
+        if apparmor:
+            (self.host_root / SECURITYFS).mkdir(parents=True, exist_ok=True)
+            (self.host_root / SECURITYFS / "profiles").touch()
+        self.seccomp_root = self.host_root / "var/lib/kubelet/seccomp/secprofiles"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 30) -> AgentProcess:
+        """Start it (again) and wait until its health endpoint is listening."""
+        argv = [sys.executable, "-m", "secprofiles.agent", "--node-name", self.node, "--host-root",
+                str(self.host_root), "--state-dir", str(self.state_dir), "--kubeconfig", str(self.kubeconfig),
+                "--health-port", "0", "--apparmor-loader", "recording" if self.apparmor else "kernel"]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "PYTHONUNBUFFERED": "1"}
+        start = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stderr=log, stdout=log, env=env)
+        deadline = time.monotonic() + timeout
+        while (port := self._port(start)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.node}: no health port after {timeout}s\n{self.tail()}")
+            time.sleep(0.05)
+        self.health_port = port
+        return self
+
+    def _port(self, offset: int) -> int | None:
+        assert self.running, self.tail()
+        for record in self.records(offset):
+            if record.get("endpoint") == "health":
+                return int(record["port"])
+        return None
+
+    def records(self, offset: int = 0) -> list[dict[str, object]]:
+        """The JSON log records written from byte ``offset`` on."""
+        if not self.log.exists():
+            return []
+        with self.log.open() as handle:
+            handle.seek(offset)
+            return [json.loads(line) for line in handle if line.startswith("{") and line.rstrip().endswith("}")]
+
+    def http(self, path: str) -> int:
+        """The status code of a GET on its health endpoint (0 if it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM of the agent process, in KiB."""
+        assert self.process is not None
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+        return fields
+
+    def kill(self) -> None:
+        """SIGKILL: a crash at whatever it was doing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def file(self, namespace: str, name: str) -> Path:
+        """Where a SeccompProfile's file lands on this node."""
+        return self.seccomp_root / namespace / f"{name}.json"
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of its log."""
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +20,11 @@ from secprofiles import profiles
 from secprofiles.devcluster import ApiError, DevCluster
 from secprofiles.devcluster_clients import create_node, delete_node, ensure_namespace, service_account_kubeconfig
 from tests.conftest import REPO
+from tests.integration.processes import SECURITYFS, AgentProcess
 from tests.runtime.conftest import Runner, podman  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.controlplane
 GROUP = "/apis/secprofiles.io/v1alpha1"
-SECURITYFS = Path("sys/kernel/security/apparmor")
 TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
 AGENT_RULES = [
     {"apiGroups": ["secprofiles.io"], "resources": ["seccompprofiles", "apparmorprofiles"],
@@ -85,75 +81,6 @@ def agent_kubeconfig(cluster: DevCluster) -> Path:
         "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent", "namespace": "secprofiles-system"}]},
         ok=(201, 409))
     return service_account_kubeconfig(cluster, "secprofiles-system", "secprofiles-agent").kubeconfig
-
-
-class AgentProcess:
-    """``python -m secprofiles.agent`` for one simulated node."""
-
-    def __init__(self, kubeconfig: Path, node: str, base: Path, apparmor: bool) -> None:
-        self.node, self.kubeconfig, self.apparmor = node, kubeconfig, apparmor
-        self.host_root, self.state_dir, self.log = base / "host", base / "state", base / "agent.log"
-        self.host_root.mkdir(parents=True, exist_ok=True)
-        if apparmor:
-            (self.host_root / SECURITYFS).mkdir(parents=True, exist_ok=True)
-            (self.host_root / SECURITYFS / "profiles").touch()
-        self.seccomp_root = self.host_root / "var/lib/kubelet/seccomp/secprofiles"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.health_port = 0
-
-    def start(self) -> AgentProcess:
-        argv = [sys.executable, "-m", "secprofiles.agent", "--node-name", self.node, "--host-root",
-                str(self.host_root), "--state-dir", str(self.state_dir), "--kubeconfig", str(self.kubeconfig),
-                "--health-port", "0", "--apparmor-loader", "recording" if self.apparmor else "kernel"]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stderr=log, stdout=log, env=env)
-        start = self.log.stat().st_size if self.log.exists() else 0
-        self.health_port = eventually(lambda: self._port(start), timeout=30, what=f"{self.node} health port")
-        return self
-
-    def _port(self, offset: int) -> int | None:
-        assert self.process is not None and self.process.poll() is None, self.log.read_text()[-3000:]
-        with self.log.open() as handle:
-            handle.seek(offset)
-            for line in handle:
-                record = json.loads(line) if line.startswith("{") else {}
-                if record.get("endpoint") == "health":
-                    return int(record["port"])
-        return None
-
-    def http(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM of the agent process, in KiB."""
-        assert self.process is not None
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
-        return fields
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def file(self, namespace: str, name: str) -> Path:
-        return self.seccomp_root / namespace / f"{name}.json"
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 KINDS = (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE)
 MAX_ENTRIES_PER_PATCH = 2000  # keeps one merge patch far below the API server's request size limit
 MAX_MESSAGE = 1024  # the CRD's maxLength for status messages
-MAX_BACKOFF = 60.0
+MAX_BACKOFF = 60.0  # disk or AppArmor errors of one profile
+MAX_API_BACKOFF = 5.0  # status patches and the readiness taint
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ class Agent:
             self._listed.add(kind)
             if len(self._listed) == len(KINDS):
                 self._all_listed.set()
+            if self.full_sync_done:
+                # A listing after the first: the API server is back (e.g. restarted). What waits on a backoff to
+                # be sent (status entries, the readiness taint) goes now, not when the backoff ends.
+                self._wake.set()
         return on_listed
 
     def mark_dirty(self, keys: set[str]) -> None:
@@ -199,8 +204,12 @@ class Agent:
             self._retry_later(None, self._flush_failures)
 
     def _retry_later(self, key: str | None, attempt: int) -> None:
-        """Backoff after an error (the only timer the agent has): mark ``key`` dirty, or just wake the loop."""
-        delay = min(MAX_BACKOFF, 0.25 * 2 ** min(attempt, 10))
+        """Backoff after an error (the only timer the agent has): mark ``key`` dirty, or just wake the loop.
+
+        API writes (``key`` None) back off to at most ``MAX_API_BACKOFF``, like a kubelet's status updates:
+        after an outage the status must catch up within seconds even when nothing else happens.
+        """
+        delay = min(MAX_BACKOFF if key is not None else MAX_API_BACKOFF, 0.25 * 2 ** min(attempt, 10))
         loop = asyncio.get_running_loop()
         if key is None:
             loop.call_later(delay, self._wake.set)

@@ -62,12 +62,14 @@ class Reconciler:
             try:
                 await self.reconcile(key)
                 self._failures.pop(key, None)
-            except (TimeoutError, ApiError, OSError) as error:
+            except Exception as error:  # one failing key must never stop this, the only worker
                 attempt = self._failures.get(key, 0)
                 self._failures[key] = attempt + 1
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
                 metrics.ERRORS.labels(kind).inc()
-                log.warning("reconcile %s failed (%s); retrying in %.1fs", key, error, delay)
+                expected = isinstance(error, (TimeoutError, ApiError, OSError))
+                log.warning("reconcile %s failed (%s); retrying in %.1fs", key, str(error) or type(error).__name__,
+                            delay, exc_info=None if expected else error)
                 asyncio.get_running_loop().call_later(delay, self.mark, {key})
 
     async def reconcile(self, key: str) -> None:
