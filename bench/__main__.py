@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import machine, propagation
+from bench import machine, node, propagation, webhook
 from bench.cluster import Cluster
 from bench.processes import REPO
 from bench.report import Figure, document, format_table
@@ -22,6 +22,8 @@ from bench.sizes import FULL, QUICK, Sizes
 Benchmark = Callable[[Cluster, Sizes, Path], Awaitable[list[Figure]]]
 BENCHMARKS: dict[str, Benchmark] = {
     "propagation": propagation.run,
+    "webhook": webhook.run,
+    "node": node.run,
 }
 DEFAULT_OUTPUT = REPO / "bench" / "results.json"
 

@@ -91,8 +91,9 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def conditions_text(conditions: Mapping[str, Any], keys: Sequence[str] = ("nodes", "profiles", "repetitions",
-                                                                           "agents")) -> str:
+def conditions_text(conditions: Mapping[str, Any],
+                    keys: Sequence[str] = ("nodes", "profiles", "namespaces", "repetitions", "creates", "rate",
+                                           "agents")) -> str:
     """The conditions that matter most, short, for the table."""
     return ", ".join(f"{k}={conditions[k]}" for k in keys if k in conditions)
 
