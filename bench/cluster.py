@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,17 +22,17 @@ T = TypeVar("T")
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"})
 
 
-async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str,
+async def wait_for(probe: Callable[[], Awaitable[T | None]], within: float, what: str,
                    interval: float = 0.1) -> T:
-    """Call ``probe`` until it returns something truthy; TimeoutError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
+    """Call ``probe`` until it returns something truthy; TimeoutError naming ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
+    last: T | None = None
     while time.monotonic() < deadline:
         last = await probe()
         if last:
             return last
         await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {str(last)[:300]}")
+    raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}; last seen: {str(last)[:300]}")
 
 
 class Cluster:
@@ -62,9 +63,9 @@ class Cluster:
             name = crd["metadata"]["name"]
             await self.api.patch(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", crd, "apply",
                                  params={"fieldManager": "secprofiles-bench", "force": "true"})
-            await wait_for(lambda n=name: self._established(n), 30, f"CRD {name} Established")
+            await wait_for(partial(self._established, name), 30, f"CRD {name} Established")
         for kind in (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE, schema.NODE_PROFILE_STATUS):
-            await wait_for(lambda k=kind: self._served(k), 30, f"{kind} served")
+            await wait_for(partial(self._served, kind), 30, f"{kind} served")
 
     async def _established(self, name: str) -> bool:
         crd = await self.api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
@@ -116,11 +117,10 @@ class Cluster:
     async def delete_bench_objects(self, kinds: Iterable[str]) -> None:
         """Delete every object of ``kinds`` carrying the bench label, finalizers dropped, and wait until gone."""
         selector = {"labelSelector": BENCH_LABEL}
+        limit = asyncio.Semaphore(16)
         for kind in kinds:
             items = (await self.api.request("GET", resource_path(kind), params=selector)).get("items") or []
-            semaphore = asyncio.Semaphore(16)
-
-            async def drop(item: Object, kind: str = kind) -> None:
+            async def drop(item: Object, kind: str = kind, semaphore: asyncio.Semaphore = limit) -> None:
                 meta = item["metadata"]
                 path = resource_path(kind, meta.get("namespace"), meta["name"])
                 async with semaphore:
@@ -152,7 +152,7 @@ class Cluster:
         return {item["metadata"]["name"]: item for item in listing.get("items") or []
                 if item["metadata"]["name"] in wanted and (item.get("status") or {}).get("ready")}
 
-    async def wait_nodes_report(self, nodes: Sequence[str], installed: int, timeout: float) -> None:
+    async def wait_nodes_report(self, nodes: Sequence[str], installed: int, within: float) -> None:
         """Wait until every node's agent is ready and reports at least ``installed`` profiles Installed."""
         async def check() -> bool:
             reports = await self.ready_reports(nodes)
@@ -160,7 +160,7 @@ class Cluster:
                       for r in reports.values()]
             return len(reports) == len(nodes) and min(counts, default=0) >= installed
 
-        await wait_for(check, timeout, f"{len(nodes)} node(s) ready with {installed} profile(s) Installed",
+        await wait_for(check, within, f"{len(nodes)} node(s) ready with {installed} profile(s) Installed",
                        interval=0.25)
 
     # ---------------------------------------------------------------- metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -58,10 +59,8 @@ def main() -> int:
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    try:
+    with contextlib.suppress(asyncio.CancelledError):  # SIGTERM cancels every agent: a normal end
         asyncio.run(run(args.kubeconfig, args.base, args.nodes, args.apparmor))
-    except asyncio.CancelledError:
-        pass
     return 0
 
 

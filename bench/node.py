@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import objects, processes
-from bench.cluster import Cluster, wait_for
+from bench.cluster import Cluster
 from bench.report import Figure, Reference, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
@@ -105,13 +105,13 @@ async def _bootstrap_apparmor(cluster: Cluster, sizes: Sizes, base: Path) -> lis
 
 async def _parser_reference(profile_objects: list[objects.Object], directory: Path) -> list[float]:
     """``apparmor_parser -Q -K`` of each rendered policy, one after another: seconds per profile."""
-    directory.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     times = []
     for obj in profile_objects:
         outcome = await profiles.evaluate(obj, use_parser=False)
         assert outcome.rendered is not None, outcome.findings
         path = directory / obj["metadata"]["name"]
-        path.write_bytes(outcome.rendered.content)
+        await asyncio.to_thread(path.write_bytes, outcome.rendered.content)
         started = time.perf_counter()
         process = await asyncio.create_subprocess_exec(PARSER, "-Q", "-K", str(path),
                                                        stdout=asyncio.subprocess.DEVNULL,
@@ -129,7 +129,7 @@ async def _footprint(cluster: Cluster, sizes: Sizes, base: Path) -> list[Figure]
     proc = processes.agent(cluster.kubeconfig, node, base, apparmor=False)
     proc.start()
     figures = []
-    conditions = {"agents": "1 process", "apparmor": "not enabled on this node (seccomp only)",
+    conditions: dict[str, object] = {"agents": "1 process", "apparmor": "not enabled on this node (seccomp only)",
                   "settle": "1 s after the node reported the count Installed"}
     try:
         await cluster.wait_nodes_report([node], 0, TIMEOUT)

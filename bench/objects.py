@@ -12,7 +12,7 @@ BENCH_LABEL = "bench.secprofiles.io/run"
 
 def seccomp_profile(namespace: str, name: str, variant: int = 0) -> Object:
     """A small, valid SeccompProfile; ``variant`` changes its content (a profile change)."""
-    names = ["chmod", "fchmodat", "fchmodat2"] + (["chown", "fchown", "lchown"][: variant % 4])
+    names = ["chmod", "fchmodat", "fchmodat2", *["chown", "fchown", "lchown"][:variant % 4]]
     return {"apiVersion": schema.API_VERSION, "kind": schema.SECCOMP_PROFILE,
             "metadata": {"name": name, "namespace": namespace, "labels": {BENCH_LABEL: "true"}},
             "spec": {"defaultAction": "SCMP_ACT_ALLOW",

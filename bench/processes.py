@@ -121,12 +121,12 @@ def fleet(kubeconfig: Path, base: Path, nodes: list[str], apparmor: bool) -> Pro
     return Proc(f"fleet of {len(nodes)}", argv, base / "fleet.log")
 
 
-async def wait_log(proc: Proc, needle: str, timeout: float) -> None:
+async def wait_log(proc: Proc, needle: str, within: float) -> None:
     """Wait until ``needle`` appears in the process's log."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         proc.check()
         if proc.log.exists() and needle in proc.log.read_text(errors="replace"):
             return
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"{proc.name}: no {needle!r} in {proc.log} after {timeout}s:\n{proc.tail()}")
+    raise TimeoutError(f"{proc.name}: no {needle!r} in {proc.log} after {within}s:\n{proc.tail()}")

@@ -108,12 +108,13 @@ def _figures(kind: str, count: int, latencies: list[float], references: list[flo
                "raw_create_to_installed_s": [round(x, 4) for x in latencies]}
     target = TARGETS_P50.get(count)
     what = "bare client: create -> ADDED watch event"
+    ident, title = f"propagation.{label.lower()}.nodes{count}", f"{label} create->Installed, {count} node(s)"
     return [
-        Figure(id=f"propagation.{label.lower()}.nodes{count}.p50", title=f"{label} create->Installed, {count} node(s), p50",
+        Figure(id=f"{ident}.p50", title=f"{title}, p50",
                value=summary.p50, unit="s", conditions=conditions,
                target=Target(target, "s") if target is not None else None,
                reference=Reference(what + ", p50", reference.p50, "s"), samples=samples),
-        Figure(id=f"propagation.{label.lower()}.nodes{count}.p95", title=f"{label} create->Installed, {count} node(s), p95",
+        Figure(id=f"{ident}.p95", title=f"{title}, p95",
                value=summary.p95, unit="s", conditions=conditions,
                reference=Reference(what + ", p95", reference.p95, "s"), samples={}),
     ]

@@ -39,6 +39,7 @@ class Tracker:
         self.added_at: dict[str, float] = {}
         self.installed_at: dict[str, float] = {}
         self.installed_now: set[str] = set()
+        self.installed_generation: dict[str, int] = {}  # the generation each key was last Installed at
         self.events = 0
         self._changed = asyncio.Event()
         self._listed = asyncio.Event()
@@ -70,6 +71,9 @@ class Tracker:
             if installed(obj):
                 self.installed_now.add(key)
                 self.installed_at.setdefault(key, stamp)
+                meta = obj["metadata"]
+                assert isinstance(meta, dict)
+                self.installed_generation[key] = int(meta.get("generation", 1))
             else:
                 self.installed_now.discard(key)
                 self.installed_at.pop(key, None)  # a new version: its install time is still to come
@@ -81,13 +85,13 @@ class Tracker:
         self.installed_at.pop(key, None)
         self.installed_now.discard(key)
 
-    async def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        """Wait until ``condition()`` holds, re-checked after every event; TimeoutError after ``timeout``."""
-        deadline = time.monotonic() + timeout
+    async def until(self, condition: Callable[[], bool], within: float, what: str) -> None:
+        """Wait until ``condition()`` holds, re-checked after every event; TimeoutError after ``within`` s."""
+        deadline = time.monotonic() + within
         while not condition():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+                raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
