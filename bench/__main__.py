@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import machine, node, propagation, scale, webhook
+from bench import machine, node, processes, propagation, scale, webhook
 from bench.cluster import Cluster
 from bench.processes import REPO
 from bench.report import Figure, document, format_table
@@ -67,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                              "a --quick run must name one, so it never overwrites the committed results)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None, help="run only these")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, host roots)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="run the operator and agents under cProfile, .prof files into DIR (slows them: "
+                             "for finding a bottleneck, not for figures)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.output is None and args.quick:
         parser.error("--quick needs --output (the committed bench/results.json holds full-run figures)")
     output: Path = args.output or DEFAULT_OUTPUT
+    processes.PROFILE_DIR = args.profile.resolve() if args.profile else None
     names = [name for name in BENCHMARKS if args.only is None or name in args.only]  # always in suite order
     work = Path(tempfile.mkdtemp(prefix="secprofiles-bench-"))
     started, load_start, clock = _stamp(), machine.load_average(), time.monotonic()
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = time.monotonic() - clock
     load_note = {"loadavg_1m_5m_15m_start": load_start, "loadavg_1m_5m_15m_end": machine.load_average(),
                  "note": "the machine is shared; a load average near or above the core count contaminates figures"}
+    if args.profile:
+        notes.append(f"PROFILED RUN (cProfile in every operator/agent process): figures are slowed; "
+                     f"profiles in {args.profile}")
     result = document(figures, mode=sizes.mode, machine={**facts, **extra}, started=started, finished=_stamp(),
                       duration=duration, load_note=load_note, notes=[f"benchmarks run: {', '.join(names)}", *notes])
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Each is a real subprocess with its own log file; nothing is imported from tests/
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -19,6 +20,9 @@ from bench.machine import memory_kib
 
 REPO = Path(__file__).resolve().parents[1]
 SECURITYFS = Path("sys/kernel/security/apparmor")
+#: Set by ``python -m bench --profile DIR``: every Python process runs under cProfile, one .prof file per start.
+PROFILE_DIR: Path | None = None
+_starts = itertools.count()
 
 
 def free_port() -> int:
@@ -41,9 +45,15 @@ class Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv
+        if PROFILE_DIR is not None and argv[:2] == [sys.executable, "-m"]:
+            PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+            stem = "".join(c if c.isalnum() else "-" for c in self.name)
+            output = PROFILE_DIR / f"{next(_starts):03d}-{stem}.prof"
+            argv = [sys.executable, "-m", "cProfile", "-o", str(output), *argv[1:]]
         with self.log.open("ab") as out:
             self.started_at = time.perf_counter()
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return self
 
     @property
