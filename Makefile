@@ -1,19 +1,21 @@
 # The README's commands. `make test` is what CI runs (.ci/run).
 PYTHON ?= python3
 
-.PHONY: install test test-slow lint sandbox
+.PHONY: install test test-slow lint sandbox bench bench-quick
 
 install:
 	./scripts/install.sh
 
 lint: install
-	$(PYTHON) -m ruff check operator tests
+	$(PYTHON) -m ruff check operator tests bench
 	$(PYTHON) -m mypy
 
 # Everything but the slow suites: unit tests, podman+runc enforcement, and the real control plane.
 # SECPROFILES_STRICT_INSTALL=1: a test that would skip for a missing tool fails instead (tests/conftest.py).
+# Then the benchmark suite in --quick mode (tiny sizes; keeps every benchmark path working, judges no figure).
 test: lint
 	SECPROFILES_STRICT_INSTALL=1 $(PYTHON) -m pytest -m "not slow"
+	$(MAKE) bench-quick
 
 # The slow, nightly-style suites (crash loops, long fuzzing).
 test-slow: install
@@ -23,3 +25,13 @@ test-slow: install
 # Ctrl-C stops and cleans up. ARGS="--once" or ARGS="--duration 60" for a short run.
 sandbox: install
 	PYTHONPATH=operator $(PYTHON) -m secprofiles.sandbox $(ARGS)
+
+# The benchmark suite of issue 8 against the real local control plane: prints the table, writes bench/results.json.
+# Takes ~25 minutes on 2 cores; run it on a quiet machine (results.json records the load average).
+bench: install
+	PYTHONPATH=operator:. $(PYTHON) -m bench $(ARGS)
+
+# The same benchmarks at tiny sizes (about 1-2 minutes); never overwrites bench/results.json.
+BENCH_QUICK_OUTPUT ?= $(or $(TMPDIR),/tmp)/secprofiles-bench-quick.json
+bench-quick: install
+	PYTHONPATH=operator:. $(PYTHON) -m bench --quick --output $(BENCH_QUICK_OUTPUT)
