@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from secprofiles import aggregate
+from secprofiles.controller.handlers import seed_nodes_and_reports
 from secprofiles.controller.state import ClusterState
 from secprofiles.findings import Finding
 from secprofiles.nodereport import Entry
@@ -46,6 +49,20 @@ def test_base_change_dirties_every_dependent() -> None:
         state.apply_profile("ADDED", obj)
     assert state.apply_profile("MODIFIED", profile("root")) == {"seccomp/apps/root", "seccomp/apps/mid",
                                                                  "seccomp/apps/leaf"}
+
+
+def test_dependents_follow_a_base_change_and_a_deletion() -> None:
+    state = ClusterState()
+    for obj in (profile("a"), profile("b"), profile("child", "a"), profile("cycle-1", "cycle-2"),
+                profile("cycle-2", "cycle-1")):
+        state.apply_profile("ADDED", obj)
+    state.apply_profile("MODIFIED", profile("child", "b"))
+    assert state.dependents("seccomp/apps/a") == set()
+    assert state.dependents("seccomp/apps/b") == {"seccomp/apps/child"}
+    assert state.dependents("seccomp/apps/cycle-1") == {"seccomp/apps/cycle-1", "seccomp/apps/cycle-2"}
+    state.apply_profile("DELETED", profile("child", "b"))
+    assert state.dependents("seccomp/apps/b") == set()
+    assert "seccomp/apps/b" not in state.children
 
 
 def test_pod_references_are_counted_and_released() -> None:
@@ -134,3 +151,36 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     assert new["conditions"][0]["lastTransitionTime"] == "T0"
     new = aggregate.with_transition_times({"conditions": [{"type": "Ready", "status": "True"}]}, old, "T1")
     assert new["conditions"][0]["lastTransitionTime"] == "T1"
+
+
+class ListingApi:
+    """Answers the two LISTs the operator makes at start-up; fails them all with ``error``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.paths: list[str] = []
+
+    async def request(self, method: str, path: str) -> dict:
+        self.paths.append(path)
+        if self.error:
+            raise self.error
+        if path == "/api/v1/nodes":
+            return {"items": [{"metadata": {"name": "node-1"}}, {"metadata": {"name": "node-2"}}]}
+        return {"items": [{"metadata": {"name": "node-1"},
+                           "status": {"profiles": {"seccomp/apps/p": {"contentHash": "sha256:1", "state": "Installed"}}}}]}
+
+
+async def test_start_up_seeds_nodes_and_reports_before_any_profile() -> None:
+    state = ClusterState()
+    await seed_nodes_and_reports(state, ListingApi())  # type: ignore[arg-type]
+    assert state.nodes == {"node-1", "node-2"}
+    entry = state.node_entries("seccomp/apps/p")["node-1"]
+    assert entry is not None
+    assert entry.state == "Installed"
+
+
+async def test_start_up_without_the_api_starts_empty_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    state = ClusterState()
+    await seed_nodes_and_reports(state, ListingApi(OSError("connection refused")))  # type: ignore[arg-type]
+    assert state.nodes == set()
+    assert "starting without the initial node listing (connection refused)" in caplog.text

@@ -17,7 +17,7 @@ from secprofiles import schema
 from secprofiles.controller.reconciler import Reconciler
 from secprofiles.controller.state import ClusterState
 from secprofiles.controller.webhook import WebhookOptions, register_webhook
-from secprofiles.kubeapi import Credentials, KubeApi
+from secprofiles.kubeapi import ApiError, Credentials, KubeApi, resource_path
 
 log = logging.getLogger(__name__)
 API_RETRY_BACKOFFS = (0.5, 1.0, 2.0, 4.0, *[5.0] * 9)
@@ -65,6 +65,7 @@ def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
         api = KubeApi(Credentials.auto(kubeconfig), user_agent="secprofiles-operator")
+        await seed_nodes_and_reports(state, api)
         reconciler = Reconciler(state, api)
         runtime.update(api=api, reconciler=reconciler, task=asyncio.create_task(reconciler.run()))
         reconciler.mark(set(state.profiles))
@@ -96,6 +97,25 @@ def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None
         mark(state.apply_pod(_type(event), dict(event["object"])))
 
     return registry
+
+
+async def seed_nodes_and_reports(state: ClusterState, api: KubeApi) -> None:
+    """List nodes and node reports once before any profile is reconciled.
+
+    Kopf starts all watches together: without this, a restarted operator can see a profile before the node
+    reports and publish a spurious "Installing 0/N" (a status write and an Event) for it. The watches replay
+    the same objects afterwards, which the state applies idempotently.
+    """
+    try:
+        nodes = await api.request("GET", resource_path("Node"))
+        reports = await api.request("GET", resource_path(schema.NODE_PROFILE_STATUS))
+    except (ApiError, OSError) as error:
+        log.warning("starting without the initial node listing (%s): the first statuses may count nodes late", error)
+        return
+    for node in nodes.get("items", []):
+        state.apply_node("ADDED", node)
+    for report in reports.get("items", []):
+        state.apply_report("ADDED", report)
 
 
 def _type(event: kopf.RawEvent) -> str:

@@ -91,6 +91,9 @@ class ClusterState:
     pod_refs: dict[str, frozenset[str]] = field(default_factory=dict)
     users: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     bindings: defaultdict[str, dict[str, BindingRecord]] = field(default_factory=lambda: defaultdict(dict))
+    # base key -> keys of the SeccompProfiles naming it as base: finding dependents must not scan every profile
+    # on every event (quadratic at thousands of profiles).
+    children: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def apply_binding(self, event: str, obj: Object) -> str:
         """A ProfileBinding event; returns its key (``namespace/name``)."""
@@ -126,27 +129,35 @@ class ClusterState:
     def apply_profile(self, event: str, obj: Object) -> set[str]:
         """A SeccompProfile or AppArmorProfile event; dirties it and every profile built on it."""
         profile = Profile.from_object(obj)
-        if event == "DELETED":
-            self.profiles.pop(profile.key, None)
-        else:
+        if (old := self.profiles.pop(profile.key, None)) is not None:
+            self._unlink_base(old)
+        if event != "DELETED":
             self.profiles[profile.key] = profile
+            if (base := self._base_key(profile)) is not None:
+                self.children[base].add(profile.key)
         return {profile.key} | self.dependents(profile.key)
+
+    def _unlink_base(self, profile: Profile) -> None:
+        base = self._base_key(profile)
+        if base is not None and base in self.children:
+            self.children[base].discard(profile.key)
+            if not self.children[base]:
+                del self.children[base]
 
     def dependents(self, key: str) -> set[str]:
         """Keys of the profiles whose base chain includes ``key`` (directly or not)."""
         found: set[str] = set()
         frontier = {key}
         while frontier:
-            frontier = {p.key for p in self.profiles.values()
-                        if p.kind == schema.SECCOMP_PROFILE and p.key not in found
-                        and self._base_key(p) in frontier}
+            frontier = {child for parent in frontier for child in self.children.get(parent, ())} - found
             found |= frontier
         return found
 
     @staticmethod
     def _base_key(profile: Profile) -> str | None:
         base = profile.spec.get("baseProfileName")
-        if not base or base.startswith(BUNDLED_PREFIX) or profile.namespace is None:
+        if (profile.kind != schema.SECCOMP_PROFILE or not base or base.startswith(BUNDLED_PREFIX)
+                or profile.namespace is None):
             return None
         return nodereport.seccomp_key(profile.namespace, base)
 
