@@ -168,6 +168,11 @@ def validate(obj: Object) -> list[Finding]:
         return [Finding("kind", f"unknown kind {obj.get('apiVersion')}/{kind}; expected {API_VERSION} "
                                 f"and one of {', '.join(sorted(crds()))}")]
     findings = [_finding(error) for error in _validator(kind).iter_errors(obj)]
+    # The API server always sets a name; files must too.
+    if "metadata" not in obj:
+        findings.append(Finding("metadata", "required field is missing"))
+    elif isinstance(obj["metadata"], dict) and "name" not in obj["metadata"]:
+        findings.append(Finding("metadata.name", "required field is missing"))
     if not findings:
         findings = _cel_findings(kind, obj)
     findings += _unknown_fields(openapi_schema(kind), obj, [])

@@ -1,0 +1,143 @@
+"""Fuzzing the model and ``secprofiles lint`` with generated objects (valid ones, and valid ones with one
+hostile mutation): no traceback, exit code 0 exactly when the model accepts, every finding names a field of
+the object, and every accepted seccomp profile renders to a file libseccomp compiles the way runc does.
+
+Default suite: a fixed, derandomized sample; ``-m slow`` runs ten times as many cases.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from secprofiles import apparmor, binding, cli, lint, schema, seccomp
+from secprofiles.profiles import Outcome, evaluate_sync
+from tests.conftest import REPO
+from tests.oracles import compile_with_libseccomp, names_a_field
+from tests.strategies import Case, cases
+
+FAST_CASES, SLOW_CASES = 1000, 15000
+POD = {"metadata": {"namespace": "default", "labels": {"app": "web"}},
+       "spec": {"containers": [{"name": "web", "image": "docker.io/library/nginx:1"}]}}
+
+
+def _settings(examples: int) -> settings:
+    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def check_outcome(obj: dict, outcome: Outcome, counts: Counter[str]) -> None:
+    """The model's side: nothing rendered when rejected, fields named, accepted files compile."""
+    if outcome.findings:
+        counts["rejected"] += 1
+        assert outcome.rendered is None
+        for finding in outcome.findings:
+            assert finding.message and names_a_field(obj, finding.field), (finding, obj)
+        return
+    counts["accepted"] += 1
+    kind = obj["kind"]
+    if kind == schema.SECCOMP_PROFILE:
+        assert isinstance(outcome.rendered, seccomp.Rendered)
+        assert outcome.rendered.relative_path == f"secprofiles/default/{obj['metadata']['name']}.json"
+        compile_with_libseccomp(outcome.rendered.content)
+    elif kind == schema.APPARMOR_PROFILE:
+        assert isinstance(outcome.rendered, apparmor.Rendered)
+        assert outcome.rendered.profile_name == obj["metadata"]["name"]
+    else:  # the webhook's side of a binding never crashes on what validation accepted
+        item = binding.Binding.from_object(schema.with_defaults(kind, obj))
+        binding.decide(POD, [item], {}, apparmor_field=True)
+
+
+def lint_in_process(path: Path) -> tuple[int, dict, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(["lint", "--output", "json", str(path)])
+    return code, json.loads(out.getvalue()), err.getvalue()
+
+
+def run_cli_fuzz(examples: int, tmp_path: Path, report_figure: Callable[[str], None]) -> None:
+    counts: Counter[str] = Counter()
+    path = tmp_path / "case.yaml"
+
+    @_settings(examples)
+    @given(cases())
+    def one(case: Case) -> None:
+        counts["cases"] += 1
+        counts[f"{case.obj['kind']}"] += 1
+        text = yaml.safe_dump(case.obj, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        obj = yaml.safe_load(text)  # what the CLI reads
+        outcome = evaluate_sync(obj)
+        check_outcome(obj, outcome, counts)
+        code, report, err = lint_in_process(path)
+        assert "Traceback" not in err
+        assert code == (1 if outcome.findings else 0), (case, outcome.findings, report)
+        assert {(f["field"], f["message"]) for f in report["findings"]} == \
+            {(f.field, f.message) for f in outcome.findings}
+        for finding in report["findings"]:
+            assert finding["line"] >= 1 and finding["kind"] == obj["kind"]
+
+    one()
+    assert counts["accepted"] >= counts["cases"] // 10 and counts["rejected"] >= counts["cases"] // 2, counts
+    report_figure(f"{counts['cases']} generated objects through the model and `secprofiles lint` "
+                  f"({counts['SeccompProfile']} seccomp, {counts['AppArmorProfile']} AppArmor, "
+                  f"{counts['ProfileBinding']} bindings): {counts['accepted']} accepted, "
+                  f"{counts['rejected']} rejected, 0 tracebacks")
+
+
+def test_generated_objects_through_model_and_lint(tmp_path: Path, report_figure: Callable[[str], None]) -> None:
+    run_cli_fuzz(FAST_CASES, tmp_path, report_figure)
+
+
+@pytest.mark.slow
+def test_generated_objects_through_model_and_lint_nightly(
+        tmp_path: Path, report_figure: Callable[[str], None]) -> None:
+    run_cli_fuzz(SLOW_CASES, tmp_path, report_figure)
+
+
+def test_generated_files_through_the_real_command(tmp_path: Path, report_figure: Callable[[str], None]) -> None:
+    """The installed entry point as a subprocess, a file of many generated documents per call."""
+    batches: list[list[Case]] = []
+
+    @_settings(12)
+    @given(st.lists(cases(), min_size=10, max_size=25))
+    def collect(batch: list[Case]) -> None:
+        seen: set[tuple[str, str]] = set()
+        unique = []
+        for case in batch:  # lint reports a second object of the same kind and name as a duplicate
+            meta = case.obj.get("metadata")
+            key = (case.obj["kind"], str(meta.get("name") if isinstance(meta, dict) else None))
+            if key not in seen:
+                seen.add(key)
+                unique.append(case)
+        batches.append(unique)
+
+    collect()
+    documents = 0
+    for number, batch in enumerate(batches):
+        path = tmp_path / f"batch-{number}.yaml"
+        path.write_text(yaml.safe_dump_all([c.obj for c in batch], sort_keys=False), encoding="utf-8")
+        objs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        rejected = sum(bool(evaluate_sync(obj).findings) for obj in objs)
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from secprofiles.cli import main; sys.exit(main())",
+             "lint", str(path)], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == (1 if rejected else 0), (result.stdout, result.stderr)
+        # The same findings, in the same text, as the in-process run whose fields the fuzz test checks.
+        assert result.stdout.splitlines() == [str(f) for f in lint.lint([path]).findings]
+        documents += len(objs)
+    report_figure(f"{len(batches)} real `secprofiles lint` runs over {documents} generated documents, 0 tracebacks")
