@@ -10,6 +10,9 @@ from typing import Any
 
 import pyseccomp
 
+from secprofiles import apparmor, binding, schema, seccomp
+from secprofiles.profiles import Outcome
+
 Object = dict[str, Any]
 
 _ACTIONS = {"SCMP_ACT_ALLOW": pyseccomp.ALLOW, "SCMP_ACT_KILL": pyseccomp.KILL, "SCMP_ACT_KILL_THREAD": pyseccomp.KILL,
@@ -88,3 +91,31 @@ def names_a_field(obj: Object, field: str) -> bool:
         elif not (last and isinstance(node, dict)):
             return False
     return True
+
+
+POD = {"metadata": {"namespace": "default", "labels": {"app": "web"}},
+       "spec": {"containers": [{"name": "web", "image": "docker.io/library/nginx:1"}]}}
+
+
+def check_outcome(obj: Object, outcome: Outcome) -> bool:
+    """The model's side of one object; True when it was rejected. Nothing is rendered when rejected and every
+    finding names a field of ``obj``; an accepted seccomp profile compiles with libseccomp, an AppArmor profile
+    keeps its name, and the webhook decides on an accepted binding without crashing."""
+    if outcome.findings:
+        assert outcome.rendered is None
+        for finding in outcome.findings:
+            assert finding.message and names_a_field(obj, finding.field), (finding, obj)
+        return True
+    kind, meta = obj["kind"], obj["metadata"]
+    if kind == schema.SECCOMP_PROFILE:
+        assert isinstance(outcome.rendered, seccomp.Rendered)
+        assert outcome.rendered.relative_path == f"secprofiles/{meta['namespace']}/{meta['name']}.json"
+        compile_with_libseccomp(outcome.rendered.content)
+    elif kind == schema.APPARMOR_PROFILE:
+        assert isinstance(outcome.rendered, apparmor.Rendered)
+        assert outcome.rendered.profile_name == meta["name"]
+    else:
+        item = binding.Binding.from_object(schema.with_defaults(kind, obj))
+        binding.decide({**POD, "metadata": {**POD["metadata"], "namespace": meta["namespace"]}}, [item], {},
+                       apparmor_field=True)
+    return False

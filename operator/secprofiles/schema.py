@@ -8,6 +8,7 @@ defaults, and reporting (instead of silently pruning) fields the schema does not
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -71,6 +72,23 @@ def enum_of(kind: str, *path: str) -> list[str]:
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# ObjectMeta's fields: anything else in metadata is an unknown field to the API server.
+OBJECT_META_FIELDS = frozenset({
+    "name", "generateName", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences", "finalizers",
+    "managedFields", "selfLink"})
+
+
+def is_dns1123_label(value: object) -> bool:
+    """Namespaces: at most 63 characters of ``[a-z0-9-]``, alphanumeric at both ends (no newline either)."""
+    return isinstance(value, str) and len(value) <= 63 and _DNS1123_LABEL.fullmatch(value) is not None
+
+
+def is_dns1123_subdomain(value: object) -> bool:
+    """Object names: at most 253 characters, dot-separated labels."""
+    return isinstance(value, str) and len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value) is not None
 
 # The CRDs' x-kubernetes-validations (CEL) rules, as the API server evaluates them, in Python. A CRD rule
 # missing here fails ``cel_rules`` (and its unit test): the model must never accept what the API server refuses.
@@ -168,15 +186,35 @@ def validate(obj: Object) -> list[Finding]:
         return [Finding("kind", f"unknown kind {obj.get('apiVersion')}/{kind}; expected {API_VERSION} "
                                 f"and one of {', '.join(sorted(crds()))}")]
     findings = [_finding(error) for error in _validator(kind).iter_errors(obj)]
-    # The API server always sets a name; files must too.
-    if "metadata" not in obj:
-        findings.append(Finding("metadata", "required field is missing"))
-    elif isinstance(obj["metadata"], dict) and "name" not in obj["metadata"]:
-        findings.append(Finding("metadata.name", "required field is missing"))
+    findings += _metadata_findings(obj, {f.field for f in findings})
     if not findings:
         findings = _cel_findings(kind, obj)
     findings += _unknown_fields(openapi_schema(kind), obj, [])
     return sorted(set(findings))
+
+
+def _metadata_findings(obj: Object, reported: set[str]) -> list[Finding]:
+    """What the API server checks in metadata for every object, beyond the CRD schema."""
+    if "metadata" not in obj:  # the API server always sets a name; files must too
+        return [Finding("metadata", "required field is missing")]
+    meta = obj["metadata"]
+    if not isinstance(meta, dict):
+        return []  # the schema's type finding
+    found = [Finding(field_path(["metadata", key]), "unknown field") for key in meta if key not in OBJECT_META_FIELDS]
+    if "name" not in meta:
+        found.append(Finding("metadata.name", "required field is missing"))
+    elif "metadata.name" not in reported and not is_dns1123_subdomain(meta["name"]):
+        found.append(Finding("metadata.name", f"invalid name {_short(meta['name'])}: must be a lowercase RFC 1123 "
+                                              "subdomain of at most 253 characters"))
+    if "namespace" in meta and not is_dns1123_label(meta["namespace"]):
+        found.append(Finding("metadata.namespace", f"invalid namespace {_short(meta['namespace'])}: must be a "
+                                                   "lowercase RFC 1123 label of at most 63 characters"))
+    for key in ("labels", "annotations"):
+        value = meta.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in value.items()):
+            found.append(Finding(f"metadata.{key}", "must be a map of strings to strings"))
+    return found
 
 
 def _finding(error: Any) -> Finding:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from secprofiles.agent import files
 from secprofiles.apparmor_parser import PARSER
+from secprofiles.schema import is_dns1123_subdomain
 
 SECURITYFS = Path("sys/kernel/security/apparmor")
 SOURCE_SUFFIX = ".apparmor"
@@ -139,7 +140,7 @@ class SourceStore:
 
     def path(self, name: str) -> Path:
         """Where the text of ``name`` is kept (``name`` must be a DNS-1123 subdomain)."""
-        if not files.is_dns1123_subdomain(name):
+        if not is_dns1123_subdomain(name):
             raise files.UnsafePathError(f"AppArmor profile name {name!r} is not a DNS-1123 subdomain")
         return self.directory / f"{name}{SOURCE_SUFFIX}"
 

@@ -12,21 +12,19 @@ the next start removes. Synchronous on purpose: callers run these in a worker th
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from secprofiles.schema import is_dns1123_label, is_dns1123_subdomain
 from secprofiles.seccomp import NODE_SUBDIR
 
 TMP_PREFIX = ".tmp-"
 SUFFIX = ".json"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Key = tuple[str, str]  # (namespace, name)
@@ -34,16 +32,6 @@ Key = tuple[str, str]  # (namespace, name)
 
 class UnsafePathError(ValueError):
     """A namespace/name that is not DNS-1123, or a path that would leave the agent's subtree."""
-
-
-def is_dns1123_label(value: str) -> bool:
-    """Namespaces: at most 63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
-    return len(value) <= 63 and _DNS1123_LABEL.match(value) is not None
-
-
-def is_dns1123_subdomain(value: str) -> bool:
-    """Object names: at most 253 characters, dot-separated labels."""
-    return len(value) <= 253 and _DNS1123_SUBDOMAIN.match(value) is not None
 
 
 def check_key(namespace: str, name: str) -> None:
