@@ -188,12 +188,18 @@ def write_at(dir_fd: int, file_name: str, content: bytes) -> None:
 
 
 def open_dir(path: Path) -> int:
-    """Open (creating it if needed) a directory the agent owns, refusing a symlink in its place."""
+    """Open (creating it if needed) a directory the agent owns. A symlink or file planted in its place is
+    removed, never followed (unlink does not follow), and a real directory made instead."""
     os.makedirs(path.parent, mode=DIR_MODE, exist_ok=True)
     parent = os.open(path.parent, _DIR_FLAGS)
     try:
         _mkdir_at(parent, path.name)
-        return _open_dir_at(parent, path.name)
+        try:
+            return _open_dir_at(parent, path.name)
+        except UnsafePathError:
+            os.unlink(path.name, dir_fd=parent)
+            _mkdir_at(parent, path.name)
+            return _open_dir_at(parent, path.name)
     finally:
         os.close(parent)
 
