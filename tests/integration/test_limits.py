@@ -156,6 +156,7 @@ async def test_a_body_over_the_request_limit_gets_413_and_lint_names_the_field(a
     assert any(f.field == "spec.syscalls" and "at most 512" in f.message for f in schema.validate(obj))
 
 
+@pytest.mark.slow  # up to 30 s: the quota controller discovers a new CRD's resource every 30 s
 async def test_a_resource_quota_bounds_the_profiles_of_a_namespace(api: KubeApi) -> None:
     resource = "count/seccompprofiles.secprofiles.io"
     quota_path = f"/api/v1/namespaces/{NS}/resourcequotas"
