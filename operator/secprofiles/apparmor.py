@@ -19,13 +19,16 @@ from secprofiles.seccomp import content_hash
 
 MAX_POLICY_BYTES = 65536
 # Profiles that belong to the host or the container runtimes: never defined through secprofiles.
-RESERVED_NAMES = frozenset({"unconfined", "docker-default", "cri-containerd.apparmor.d", "crio-default", "podman"})
-RESERVED_PREFIXES = ("cri-containerd", "docker-", "crio-", "containers-default")
+RESERVED_NAMES = frozenset({"unconfined", "docker-default", "cri-containerd.apparmor.d", "crio-default", "podman",
+                            "runc", "crun", "buildah", "lxc-default"})
+RESERVED_PREFIXES = ("cri-containerd", "docker-", "crio-", "containers-default", "lxc-", "snap.", "snap-")
 _SAFE_FLAGS = frozenset({"attach_disconnected", "no_attach_disconnected", "mediate_deleted", "delegate_deleted",
                          "chroot_relative", "namespace_relative", "chroot_attach", "chroot_no_attach"})
 _DEFAULT_FLAGS = "attach_disconnected,mediate_deleted"
 
-_INCLUDE = re.compile(r'^#?\s*include\s+(?:if\s+exists\s+)?(?P<target><[^>]*>|"[^"]*"|\S+)\s*$')
+_INCLUDE = re.compile(r'^#?\s*include(?:\s+if\s+exists)?\s*(?P<target><[^>]*>|"[^"]*"|(?<=\s)\S+)\s*$')
+# What the parser's lexer takes for an include (no space needed before '<' or '"'): never a mere comment here.
+_INCLUDE_KEYWORD = re.compile(r'^(#include|include)(\s|<|"|$)')
 _INCLUDE_TARGET = re.compile(r"^<(abstractions|tunables|abi)/[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*>$")
 _ABI = re.compile(r"^abi\s+(?P<target><[^>]*>|\S+)\s*,$")
 _VARIABLE = re.compile(r"^@\{[A-Za-z0-9_]+\}\s*\+?=")
@@ -66,7 +69,7 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
         return [Finding(field, f"policy is {len(policy.encode())} bytes; the limit is {MAX_POLICY_BYTES}")]
     findings: list[Finding] = []
     for lineno, line in enumerate(policy.split("\n"), 1):
-        controls = [c for c in line if (ord(c) < 32 and c != "\t") or ord(c) == 127]
+        controls = [c for c in line if _is_control(c)]
         if controls:
             findings.append(_at(lineno, f"control character {controls[0]!r} is not allowed"))
     if findings:
@@ -79,9 +82,11 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
         if not line:
             continue
 
-        if include := _INCLUDE.match(line):
-            if not _INCLUDE_TARGET.match(include["target"]) or ".." in include["target"]:
-                findings.append(_at(lineno, f"include {include['target']} is not allowed; "
+        include = _INCLUDE.match(line)
+        if include or _INCLUDE_KEYWORD.match(line):
+            target = include["target"] if include else line
+            if not _INCLUDE_TARGET.match(target) or ".." in target:
+                findings.append(_at(lineno, f"include {_clip(target)} is not allowed; "
                                             "only <abstractions/…>, <tunables/…> and <abi/…>"))
             continue
         if abi := _ABI.match(line):
@@ -127,11 +132,31 @@ def _at(lineno: int, message: str) -> Finding:
     return Finding("spec.policy", f"line {lineno}: {message}")
 
 
+def _is_control(char: str) -> bool:
+    """C0 (but tab), DEL, C1 and the Unicode line separators: the parser and this lexer could split lines
+    differently around them."""
+    code = ord(char)
+    return (code < 32 and char != "\t") or 127 <= code <= 159 or char in "\u2028\u2029"
+
+
 def _strip_comment(line: str) -> str:
-    stripped = line.lstrip()
-    if _INCLUDE.match(stripped.split(" #")[0].strip()):
-        return stripped
-    return line.split("#", 1)[0]
+    """The line without its comment. '#' starts one outside double quotes (the parser reads a quoted '#' as
+    part of a path), except in an include statement, which keeps its '#'."""
+    stripped = line.strip()
+    before_comment = stripped.split(" #")[0].strip()
+    if _INCLUDE_KEYWORD.match(stripped) or _INCLUDE.match(before_comment):
+        return before_comment
+    quoted = escaped = False
+    for index, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "#" and not quoted:
+            return line[:index]
+    return line
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -159,10 +184,14 @@ def _check_header(header: re.Match[str], name: str, mode: str, lineno: int) -> l
 
 
 def _check_rule(line: str, name: str) -> list[str]:
-    # Token by token, so a rule split over lines cannot hide its exec mode.
-    words = [w.rstrip(",") for w in line.split()]
+    # Token by token, so a rule split over lines cannot hide its exec mode; '->' is a token even unspaced.
+    words = [w.rstrip(",") for w in line.replace("->", " -> ").split()]
     if "change_profile" in words:
         return ["change_profile is not allowed: it lets the workload leave this profile"]
+    if "pivot_root" in words and "->" in words:
+        target = words[words.index("->") + 1].strip('"') if words[-1] != "->" else None
+        if target != name:
+            return [f"pivot_root to profile {target!r} is not allowed: it lets the workload leave this profile"]
     for position, word in enumerate(words):
         if not _PERMS.match(word) or "x" not in word:
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,6 +33,11 @@ def field_path(parts: Iterable[str | int]) -> str:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not _PLAIN_KEY.match(str(part)):
+            text += f"[{json.dumps(str(part))}]"  # an empty key or one with '.', '[', spaces: quoted
         else:
             text += f".{part}" if text else part
     return text
+
+
+_PLAIN_KEY = re.compile(r"^[^.\[\]\s\"]+$")

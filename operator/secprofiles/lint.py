@@ -108,8 +108,9 @@ async def _lint(paths: list[Path], default_namespace: str) -> LintReport:
     async def check(doc: Document) -> list[LintFinding]:
         kind, namespace, name = _identity(doc, default_namespace)
         obj = doc.obj
-        if kind == schema.SECCOMP_PROFILE and namespace:
-            obj = {**obj, "metadata": {**obj.get("metadata", {}), "namespace": namespace}}
+        meta = obj.get("metadata")
+        if kind == schema.SECCOMP_PROFILE and namespace and isinstance(meta, dict):  # else: a schema finding
+            obj = {**obj, "metadata": {**meta, "namespace": namespace}}
         outcome = await evaluate(obj, lookup)
         return [LintFinding(doc.path, doc.line_of(f.field), kind, name, f.field, f.message)
                 for f in outcome.findings]

@@ -58,7 +58,7 @@ def check_spec(spec: Spec) -> list[Finding]:
     if "defaultErrnoRet" in spec and spec.get("defaultAction") not in _ERRNO_ACTIONS:
         findings.append(Finding("spec.defaultErrnoRet",
                                 "only valid with defaultAction SCMP_ACT_ERRNO or SCMP_ACT_TRACE"))
-    plain: dict[str, tuple[str, int | None, int]] = {}
+    plain: dict[tuple[str, tuple[tuple[int, int, int, str], ...]], tuple[str, int | None, int]] = {}
     for index, rule in enumerate(spec.get("syscalls", [])):
         where = f"spec.syscalls[{index}]"
         action = rule.get("action")
@@ -72,12 +72,13 @@ def check_spec(spec: Spec) -> list[Finding]:
             if not syscalls.is_known(name, architectures):
                 on = ", ".join(architectures) if architectures else "any architecture libseccomp knows"
                 findings.append(Finding(field, f"unknown syscall {name!r}: not a syscall on {on}"))
-            if rule.get("args"):
-                continue
+            # libseccomp refuses (EEXIST) a second rule for a syscall with the same conditions and another
+            # action: runc would fail every container using the profile.
             effect = (action, rule.get("errnoRet"), index)
-            earlier = plain.setdefault(name, effect)
+            earlier = plain.setdefault((name, _args_key(rule.get("args", []))), effect)
             if earlier[:2] != effect[:2]:
-                findings.append(Finding(field, f"syscall {name!r} already has action {earlier[0]} in "
+                same = " with the same argument conditions" if rule.get("args") else ""
+                findings.append(Finding(field, f"syscall {name!r}{same} already has action {earlier[0]} in "
                                                f"spec.syscalls[{earlier[2]}]; one syscall, one action"))
     return findings
 
@@ -113,6 +114,14 @@ def resolve_chain(namespace: str, name: str, spec: Spec, lookup: ProfileLookup) 
             raise InvalidProfileError([Finding("spec.baseProfileName",
                                                f"base profile chain deeper than {MAX_BASE_DEPTH}: {chain_text}")])
         found = lookup(namespace, base)
+        if found is not None:  # a base that is not schema-valid (a file next to this one) is reported, not read
+            base_obj = {"apiVersion": schema.API_VERSION, "kind": schema.SECCOMP_PROFILE,
+                        "metadata": {"name": base.removeprefix(BUNDLED_PREFIX), "namespace": namespace},
+                        "spec": found}
+            if invalid := schema.validate(base_obj):
+                detail = "; ".join(str(p) for p in invalid)
+                raise InvalidProfileError([Finding("spec.baseProfileName",
+                                                   f"base profile {base!r} is invalid: {detail}")])
         if found is None:
             where = "bundled with secprofiles" if base.startswith(BUNDLED_PREFIX) else f"in namespace {namespace!r}"
             raise InvalidProfileError([Finding("spec.baseProfileName",
@@ -151,9 +160,12 @@ def _merge(chain: list[Spec]) -> dict[str, Any]:
         for rule in layer.get("syscalls", []):
             key = (rule["action"], rule.get("errnoRet"), _args_key(rule.get("args", [])))
             layer_groups.setdefault(key, set()).update(_rule_names(rule)[0])
-        overridden = {n for key, names in layer_groups.items() if not key[2] for n in names}
-        for names in groups.values():
-            names -= overridden
+        # A later layer's rule replaces earlier rules for the same syscall: all of them when it has no
+        # argument conditions, those with the same conditions otherwise (two would make libseccomp fail).
+        overridden = {(n, key[2]) for key, names in layer_groups.items() for n in names}
+        replaced_everywhere = {n for n, args in overridden if not args}
+        for key, names in groups.items():
+            names -= replaced_everywhere | {n for n, args in overridden if args == key[2]}
         for key, names in layer_groups.items():
             groups.setdefault(key, set()).update(names)
 

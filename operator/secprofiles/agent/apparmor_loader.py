@@ -20,8 +20,10 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from secprofiles import apparmor
 from secprofiles.agent import files
 from secprofiles.apparmor_parser import PARSER
+from secprofiles.schema import is_dns1123_subdomain
 
 SECURITYFS = Path("sys/kernel/security/apparmor")
 SOURCE_SUFFIX = ".apparmor"
@@ -73,6 +75,30 @@ async def run_parser(*args: str) -> None:
         raise LoadError(f"apparmor_parser {' '.join(args[:-1])} failed: {message or f'exit {process.returncode}'}")
 
 
+async def verify(name: str, text_path: Path) -> None:
+    """The agent's own check before any load or removal, whatever the operator decided: the text must define
+    exactly one profile, named ``name``, and that name must be a DNS-1123 subdomain and no host or runtime
+    profile. Raises LoadError."""
+    problems = [str(f) for f in apparmor.check_name(name)]
+    if not is_dns1123_subdomain(name):
+        problems.append(f"{name!r} is not a DNS-1123 subdomain")
+    if not problems:
+        process = await asyncio.create_subprocess_exec(
+            PARSER, "-N", "-K", str(text_path), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate()
+        names = out.decode(errors="replace").split()
+        if process.returncode != 0:
+            message = " ".join(line.strip() for line in err.decode(errors="replace").splitlines()
+                               if line.strip() and "Cache" not in line)
+            problems.append(f"apparmor_parser -N failed: {message or f'exit {process.returncode}'}")
+        elif names != [name]:
+            problems.append(f"the policy defines {', '.join(map(repr, names)) or 'no profile'}; expected exactly "
+                            f"{name!r}")
+    if problems:
+        raise LoadError(f"refusing to load AppArmor profile {name!r}: {'; '.join(problems)}")
+
+
 class KernelLoader:
     """The real thing: needs CAP_MAC_ADMIN and the host's securityfs."""
 
@@ -81,10 +107,12 @@ class KernelLoader:
 
     async def load(self, name: str, text_path: Path, complain: bool) -> None:
         """``apparmor_parser -r`` (``-C`` for complain mode), without the parser's cache."""
+        await verify(name, text_path)
         await run_parser("-r", "-K", "-f", str(self.securityfs), *(["-C"] if complain else []), str(text_path))
 
     async def remove(self, name: str, text_path: Path) -> None:
         """``apparmor_parser -R``."""
+        await verify(name, text_path)
         await run_parser("-R", "-K", "-f", str(self.securityfs), str(text_path))
 
     def loaded_names(self) -> set[str]:
@@ -103,11 +131,13 @@ class RecordingLoader:
 
     async def load(self, name: str, text_path: Path, complain: bool) -> None:
         """Compile with ``apparmor_parser -Q -K`` and record ``name (enforce|complain)``."""
+        await verify(name, text_path)
         await run_parser("-Q", "-K", *(["-C"] if complain else []), str(text_path))
         self._update(name, "complain" if complain else "enforce")
 
     async def remove(self, name: str, text_path: Path) -> None:
         """Check the text is there (``-R`` would parse it: ``-Q -K`` does the same) and record the removal."""
+        await verify(name, text_path)
         await run_parser("-Q", "-K", str(text_path))
         self._update(name, None)
 
@@ -139,7 +169,7 @@ class SourceStore:
 
     def path(self, name: str) -> Path:
         """Where the text of ``name`` is kept (``name`` must be a DNS-1123 subdomain)."""
-        if not files.is_dns1123_subdomain(name):
+        if not is_dns1123_subdomain(name):
             raise files.UnsafePathError(f"AppArmor profile name {name!r} is not a DNS-1123 subdomain")
         return self.directory / f"{name}{SOURCE_SUFFIX}"
 

@@ -12,21 +12,19 @@ the next start removes. Synchronous on purpose: callers run these in a worker th
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from secprofiles.schema import is_dns1123_label, is_dns1123_subdomain
 from secprofiles.seccomp import NODE_SUBDIR
 
 TMP_PREFIX = ".tmp-"
 SUFFIX = ".json"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Key = tuple[str, str]  # (namespace, name)
@@ -34,16 +32,6 @@ Key = tuple[str, str]  # (namespace, name)
 
 class UnsafePathError(ValueError):
     """A namespace/name that is not DNS-1123, or a path that would leave the agent's subtree."""
-
-
-def is_dns1123_label(value: str) -> bool:
-    """Namespaces: at most 63 characters of ``[a-z0-9-]``, alphanumeric at both ends."""
-    return len(value) <= 63 and _DNS1123_LABEL.match(value) is not None
-
-
-def is_dns1123_subdomain(value: str) -> bool:
-    """Object names: at most 253 characters, dot-separated labels."""
-    return len(value) <= 253 and _DNS1123_SUBDOMAIN.match(value) is not None
 
 
 def check_key(namespace: str, name: str) -> None:
@@ -200,12 +188,18 @@ def write_at(dir_fd: int, file_name: str, content: bytes) -> None:
 
 
 def open_dir(path: Path) -> int:
-    """Open (creating it if needed) a directory the agent owns, refusing a symlink in its place."""
+    """Open (creating it if needed) a directory the agent owns. A symlink or file planted in its place is
+    removed, never followed (unlink does not follow), and a real directory made instead."""
     os.makedirs(path.parent, mode=DIR_MODE, exist_ok=True)
     parent = os.open(path.parent, _DIR_FLAGS)
     try:
         _mkdir_at(parent, path.name)
-        return _open_dir_at(parent, path.name)
+        try:
+            return _open_dir_at(parent, path.name)
+        except UnsafePathError:
+            os.unlink(path.name, dir_fd=parent)
+            _mkdir_at(parent, path.name)
+            return _open_dir_at(parent, path.name)
     finally:
         os.close(parent)
 
