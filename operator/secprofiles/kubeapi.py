@@ -35,10 +35,10 @@ CORE_PLURALS = {"Node": ("", "v1", "nodes", False), "Pod": ("", "v1", "pods", Tr
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server, with its status code and message."""
+    """A non-2xx answer from the API server, with its status code, message and the Status's cause types."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        self.status, self.reason, self.message = status, reason, message
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
+        self.status, self.reason, self.message, self.causes = status, reason, message, causes
         super().__init__(f"{status} {reason}: {message}")
 
 
@@ -255,10 +255,14 @@ class KubeApi:
 
 def _api_error(status: int, reason: str, text: str) -> ApiError:
     try:
-        message = json.loads(text).get("message", text)
+        body = json.loads(text)
     except ValueError:
-        message = text
-    return ApiError(status, reason, message)
+        return ApiError(status, reason, text)
+    if not isinstance(body, dict):
+        return ApiError(status, reason, text)
+    causes = ((body.get("details") or {}).get("causes") or []) if isinstance(body.get("details"), dict) else []
+    return ApiError(status, reason, str(body.get("message", text)),
+                    tuple(str(cause.get("type")) for cause in causes if isinstance(cause, dict)))
 
 
 EventHandler = Callable[[str, Object], Awaitable[None]]

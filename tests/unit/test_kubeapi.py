@@ -1,7 +1,7 @@
 """The API client's retry rule for throttled answers (429 with Retry-After)."""
 import pytest
 
-from secprofiles.kubeapi import MAX_RETRY_AFTER, retry_after
+from secprofiles.kubeapi import MAX_RETRY_AFTER, _api_error, retry_after
 
 
 @pytest.mark.parametrize(("status", "header", "expected"), [
@@ -16,3 +16,13 @@ from secprofiles.kubeapi import MAX_RETRY_AFTER, retry_after
 def test_only_throttling_is_retried_and_the_wait_is_bounded(status: int, header: str | None,
                                                             expected: float | None) -> None:
     assert retry_after(status, header) == expected
+
+
+def test_status_causes_are_kept_on_the_error() -> None:
+    text = ('{"kind": "Status", "message": "events \\"x.\\" is forbidden: unable to create new content in namespace '
+            'team-a because it is being terminated", "reason": "Forbidden", "details": {"causes": '
+            '[{"type": "NamespaceTerminating", "field": "metadata.namespace"}]}, "code": 403}')
+    error = _api_error(403, "Forbidden", text)
+    assert error.causes == ("NamespaceTerminating",)
+    assert "being terminated" in error.message
+    assert _api_error(500, "Internal Server Error", "not json").message == "not json"

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "secprofiles.io/in-use-protection"
 COMPONENT = "secprofiles-operator"
+NAMESPACE_TERMINATING = "NamespaceTerminating"  # the Status cause of a create in a namespace being deleted
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -192,7 +193,10 @@ class Reconciler:
         try:
             await self.api.create(resource_path("Event", namespace), body)
         except ApiError as error:
-            log.warning("could not post event for %s: %s", profile.key, error)
+            if NAMESPACE_TERMINATING in error.causes:  # a 403 that is no permission problem: nobody will read it
+                log.debug("no event for %s: its namespace is being deleted", profile.key)
+            else:
+                log.warning("could not post event for %s: %s", profile.key, error)
 
     def _forget(self, key: str) -> None:
         self._outcomes.pop(key, None)
