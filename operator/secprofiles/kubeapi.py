@@ -35,7 +35,7 @@ CORE_PLURALS = {"Node": ("", "v1", "nodes", False), "Pod": ("", "v1", "pods", Tr
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server, with its status code, message and the Status's cause types."""
+    """A non-2xx answer from the API server: status code, message and the Status's causes (``reason`` in JSON)."""
 
     def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         self.status, self.reason, self.message, self.causes = status, reason, message, causes
@@ -262,7 +262,7 @@ def _api_error(status: int, reason: str, text: str) -> ApiError:
         return ApiError(status, reason, text)
     causes = ((body.get("details") or {}).get("causes") or []) if isinstance(body.get("details"), dict) else []
     return ApiError(status, reason, str(body.get("message", text)),
-                    tuple(str(cause.get("type")) for cause in causes if isinstance(cause, dict)))
+                    tuple(str(cause.get("reason")) for cause in causes if isinstance(cause, dict)))
 
 
 EventHandler = Callable[[str, Object], Awaitable[None]]

@@ -19,9 +19,11 @@ def test_only_throttling_is_retried_and_the_wait_is_bounded(status: int, header:
 
 
 def test_status_causes_are_kept_on_the_error() -> None:
-    text = ('{"kind": "Status", "message": "events \\"x.\\" is forbidden: unable to create new content in namespace '
-            'team-a because it is being terminated", "reason": "Forbidden", "details": {"causes": '
-            '[{"type": "NamespaceTerminating", "field": "metadata.namespace"}]}, "code": 403}')
+    # The body a kube-apiserver v1.34.4 answered to an Event create in a terminating namespace.
+    text = ('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"events \\"e.\\" is '
+            'forbidden: unable to create new content in namespace t because it is being terminated","reason":'
+            '"Forbidden","details":{"name":"e.","kind":"events","causes":[{"reason":"NamespaceTerminating",'
+            '"message":"namespace t is being terminated","field":"metadata.namespace"}]},"code":403}')
     error = _api_error(403, "Forbidden", text)
     assert error.causes == ("NamespaceTerminating",)
     assert "being terminated" in error.message
