@@ -155,3 +155,22 @@ def test_an_invalid_base_document_is_a_finding_not_a_crash(tmp_path: Path) -> No
     assert code == 1 and "Traceback" not in err
     assert {(f["name"], f["field"]) for f in report["findings"]} == {("a", "spec.baseProfileName"),
                                                                       ("b", "spec.syscalls[0].names")}
+
+
+def test_rules_that_hang_libseccomp_are_refused() -> None:
+    """Found by the nightly fuzz: libseccomp 2.5.4 never returns from adding the second of two rules for one
+    syscall that repeat a non-equality condition and differ elsewhere (runc would hang creating the container)."""
+    def rule(index: int) -> dict:
+        return {"names": ["chmod"], "action": "SCMP_ACT_TRAP",
+                "args": [{"index": 2, "op": "SCMP_CMP_GT", "value": 5}, {"index": index, "op": "SCMP_CMP_EQ", "value": 1}]}
+
+    obj = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+           "metadata": {"name": "p", "namespace": "default"},
+           "spec": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule(4), rule(5)]}}
+    (finding,) = evaluate_sync(obj).findings
+    assert finding.field == "spec.syscalls" and "libseccomp" in finding.message
+    for arg in (a for r in obj["spec"]["syscalls"] for a in r["args"]):
+        arg["op"] = "SCMP_CMP_EQ"
+    rendered = evaluate_sync(obj).rendered
+    assert rendered is not None
+    compile_with_libseccomp(rendered.content)
