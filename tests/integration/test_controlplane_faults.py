@@ -116,8 +116,10 @@ async def test_restart_while_profiles_change_converges_within_10s(
     print(f"\n{figure}")
     report_figure(figure)
     assert seconds <= CONVERGE_WITHIN, figure
-    if fault != "etcd":  # a new API server, a new watch cache: every resumed watch is too old
-        assert all(AGENT_410 in since[agent.log] for agent in fleet.agents), figure
+    if fault != "etcd":
+        # A new API server, a new watch cache: resumed watches get 410 and must relist. Not necessarily every
+        # agent's: a watch that reconnects after the cache has caught up to its resourceVersion resumes cleanly.
+        assert agent_relists > 0, figure
         assert operator_restarts > 0, figure
     if change_after:  # put the deleted profile back for the next case
         await profiles.put("p2" if profiles.specs.get("p2") is None else "p3", seccomp_spec("rmdir"))
