@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary
+from secprofiles.devcluster import ApiError, DevCluster, DevClusterError, ensure_binary
+from secprofiles.devcluster_clients import service_account_kubeconfig
+from tests.integration.kube import REPO, eventually
 
+GROUP = "/apis/secprofiles.io/v1alpha1"
+AGENT_RULES = [
+    {"apiGroups": ["secprofiles.io"], "resources": ["seccompprofiles", "apparmorprofiles"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses"], "verbs": ["get", "create"]},
+    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+]
 _BUILD_RESULT = pytest.StashKey[Any]()
 _CLUSTER = pytest.StashKey[DevCluster]()
 
@@ -104,3 +116,37 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         line += f", peak RSS {cluster.peak_rss_bytes / 2**20:.0f} MiB ({per})"
     line += f"; run dir {cluster.run_dir}"
     terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def cluster(devcluster: DevCluster) -> DevCluster:
+    """The dev cluster with this repository's CRDs installed and Established."""
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        try:
+            devcluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+
+        def established(name: str = doc["metadata"]["name"]) -> bool:
+            crd = devcluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or [])
+
+        eventually(established, what=f"CRD {path.name} Established")
+    eventually(lambda: devcluster.get(f"{GROUP}/seccompprofiles") is not None, what="CRDs served")
+    return devcluster
+
+
+@pytest.fixture(scope="module")
+def agent_kubeconfig(cluster: DevCluster) -> Path:
+    """A service account holding exactly the agent's RBAC (proves the list of API calls in the README)."""
+    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                {"metadata": {"name": "secprofiles-agent"}, "rules": AGENT_RULES}, ok=(201, 409))
+    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "metadata": {"name": "secprofiles-agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secprofiles-agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent", "namespace": "secprofiles-system"}]},
+        ok=(201, 409))
+    return service_account_kubeconfig(cluster, "secprofiles-system", "secprofiles-agent").kubeconfig

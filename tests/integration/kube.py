@@ -10,10 +10,26 @@ from typing import Any, TypeVar
 
 import yaml
 
+from secprofiles.devcluster import ApiError as DevClusterApiError
 from secprofiles.kubeapi import ApiError, Credentials, KubeApi, resource_path
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """The synchronous ``wait_for``: call ``check`` until truthy; a failed assertion or missing object is retried."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (AssertionError, KeyError, TypeError, FileNotFoundError, DevClusterApiError) as error:
+            last = error
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
 
 
 async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float = 20.0, what: str = "condition") -> T:

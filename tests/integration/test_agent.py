@@ -14,73 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from secprofiles import profiles
-from secprofiles.devcluster import ApiError, DevCluster
-from secprofiles.devcluster_clients import create_node, delete_node, ensure_namespace, service_account_kubeconfig
-from tests.conftest import REPO
+from secprofiles.devcluster import DevCluster
+from secprofiles.devcluster_clients import create_node, delete_node, ensure_namespace
+from tests.integration.kube import eventually
 from tests.integration.processes import SECURITYFS, AgentProcess
 from tests.runtime.conftest import Runner, podman  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.controlplane
 GROUP = "/apis/secprofiles.io/v1alpha1"
 TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
-AGENT_RULES = [
-    {"apiGroups": ["secprofiles.io"], "resources": ["seccompprofiles", "apparmorprofiles"],
-     "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses"], "verbs": ["get", "create"]},
-    {"apiGroups": ["secprofiles.io"], "resources": ["nodeprofilestatuses/status"], "verbs": ["patch"]},
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
-]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (AssertionError, KeyError, TypeError, FileNotFoundError, ApiError) as error:
-            last = error
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
-
-
-@pytest.fixture(scope="module")
-def cluster(devcluster: DevCluster) -> DevCluster:
-    """The dev cluster with this repository's CRDs installed and Established."""
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        try:
-            devcluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
-        except ApiError as error:
-            if error.status != 409:
-                raise
-
-        def established(name: str = doc["metadata"]["name"]) -> bool:
-            crd = devcluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            return any(c["type"] == "Established" and c["status"] == "True"
-                       for c in (crd.get("status") or {}).get("conditions") or [])
-
-        eventually(established, what=f"CRD {path.name} Established")
-    eventually(lambda: devcluster.get(f"{GROUP}/seccompprofiles") is not None, what="CRDs served")
-    return devcluster
-
-
-@pytest.fixture(scope="module")
-def agent_kubeconfig(cluster: DevCluster) -> Path:
-    """A service account holding exactly the agent's RBAC (proves the list of API calls in the README)."""
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                {"metadata": {"name": "secprofiles-agent"}, "rules": AGENT_RULES}, ok=(201, 409))
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-        "metadata": {"name": "secprofiles-agent"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secprofiles-agent"},
-        "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent", "namespace": "secprofiles-system"}]},
-        ok=(201, 409))
-    return service_account_kubeconfig(cluster, "secprofiles-system", "secprofiles-agent").kubeconfig
 
 
 @pytest.fixture

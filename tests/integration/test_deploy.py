@@ -20,8 +20,8 @@ from secprofiles import deploy, profiles
 from secprofiles.devcluster import ApiError, DevCluster
 from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
 from tests.conftest import REPO, missing_install
-from tests.integration.processes import OperatorProcess
-from tests.integration.test_agent import AgentProcess, eventually
+from tests.integration.kube import eventually
+from tests.integration.processes import AgentProcess, OperatorProcess
 
 pytestmark = [
     pytest.mark.controlplane,

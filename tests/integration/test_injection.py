@@ -20,8 +20,7 @@ from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
 from tests.hostile import INJECTIONS, Injection, apparmor, seccomp
 from tests.integration.kube import delete_everything, ensure_namespace, open_api, wait_for
-from tests.integration.processes import OperatorProcess
-from tests.integration.test_agent import SECURITYFS, AgentProcess, agent_kubeconfig, cluster  # noqa: F401
+from tests.integration.processes import SECURITYFS, AgentProcess, OperatorProcess
 
 pytestmark = pytest.mark.controlplane
 NS = "inject"
@@ -30,7 +29,7 @@ MODEL_REFUSED = [c for c in INJECTIONS if not c.api]
 
 
 @pytest.fixture(scope="module")
-async def api(cluster: DevCluster) -> AsyncIterator[KubeApi]:  # noqa: F811
+async def api(cluster: DevCluster) -> AsyncIterator[KubeApi]:
     async with open_api(cluster.kubeconfig) as client:
         await ensure_namespace(client, NS)
         yield client
@@ -56,7 +55,7 @@ async def test_the_api_server_refuses_naming_the_field(api: KubeApi, case: Injec
 
 
 @pytest.fixture
-def nodes(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Iterator[list[AgentProcess]]:  # noqa: F811
+def nodes(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Iterator[list[AgentProcess]]:
     made = []
     for apparmor_node in (False, True):
         node = f"inject-{'apparmor' if apparmor_node else 'seccomp'}"
@@ -69,7 +68,7 @@ def nodes(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture
-def operator(cluster: DevCluster, tmp_path: Path) -> Iterator[OperatorProcess]:  # noqa: F811
+def operator(cluster: DevCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
     process = OperatorProcess(cluster.kubeconfig, tmp_path / "operator.log", "--standalone")
     process.start()
     yield process
