@@ -108,7 +108,7 @@ async def _parser_reference(profile_objects: list[objects.Object], directory: Pa
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     times = []
     for obj in profile_objects:
-        outcome = await profiles.evaluate(obj, use_parser=False)
+        outcome = await profiles.evaluate(obj, native_checks=False)
         assert outcome.rendered is not None, outcome.findings
         path = directory / obj["metadata"]["name"]
         await asyncio.to_thread(path.write_bytes, outcome.rendered.content)

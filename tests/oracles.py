@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import multiprocessing
 import multiprocessing.pool
 import re
-import tempfile
 from typing import Any
 
-import pyseccomp
-
-from secprofiles import apparmor, binding, schema, seccomp
+from secprofiles import apparmor, binding, libseccomp_filter, schema, seccomp
 from secprofiles.profiles import Outcome
 
 Object = dict[str, Any]
-
-_ACTIONS = {"SCMP_ACT_ALLOW": pyseccomp.ALLOW, "SCMP_ACT_KILL": pyseccomp.KILL, "SCMP_ACT_KILL_THREAD": pyseccomp.KILL,
-            "SCMP_ACT_KILL_PROCESS": pyseccomp.KILL_PROCESS, "SCMP_ACT_TRAP": pyseccomp.TRAP,
-            "SCMP_ACT_LOG": pyseccomp.LOG}
-_OPS = {"SCMP_CMP_NE": pyseccomp.NE, "SCMP_CMP_LT": pyseccomp.LT, "SCMP_CMP_LE": pyseccomp.LE,
-        "SCMP_CMP_EQ": pyseccomp.EQ, "SCMP_CMP_GE": pyseccomp.GE, "SCMP_CMP_GT": pyseccomp.GT,
-        "SCMP_CMP_MASKED_EQ": pyseccomp.MASKED_EQ}
-_ARCHES = {"SCMP_ARCH_X86_64": "X86_64", "SCMP_ARCH_X86": "X86", "SCMP_ARCH_X32": "X32",
-           "SCMP_ARCH_AARCH64": "AARCH64", "SCMP_ARCH_ARM": "ARM"}
-BPF_MAXINSNS = 4096  # the kernel refuses a longer filter
-
-
-def _action(name: str, errno_ret: int | None) -> int:
-    if name == "SCMP_ACT_ERRNO":
-        return int(pyseccomp.ERRNO(errno.EPERM if errno_ret is None else errno_ret))
-    if name == "SCMP_ACT_TRACE":
-        return int(pyseccomp.TRACE(errno.EPERM if errno_ret is None else errno_ret))
-    return int(_ACTIONS[name])
-
 
 _WORKER: list[multiprocessing.pool.Pool] = []
 COMPILE_TIMEOUT = 20.0
@@ -53,40 +30,14 @@ def compile_with_libseccomp(content: bytes) -> int:
 
 
 def build_filter(content: bytes) -> int:
-    """Build the filter of a rendered node file the way runc does (libseccomp, rules equal to the default
-    skipped, unknown names skipped, several conditions on one argument as separate rules); returns the BPF
-    instruction count. Raises on anything libseccomp or the JSON types refuse."""
+    """The product's libseccomp build of a rendered node file, after checking the file's shape: OCI keys only,
+    ``names`` lists (never the legacy ``name``), argument indices 0..5. Returns the BPF instruction count."""
     doc = json.loads(content)
     assert set(doc) <= {"defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls"}, doc.keys()
-    default = _action(doc["defaultAction"], doc.get("defaultErrnoRet"))
-    seccomp_filter = pyseccomp.SyscallFilter(default)
-    for arch in doc.get("architectures", []):
-        native = getattr(pyseccomp.Arch, _ARCHES.get(arch, "NATIVE"))
-        if not seccomp_filter.exist_arch(native):
-            seccomp_filter.add_arch(native)
     for rule in doc.get("syscalls", []):
         assert isinstance(rule["names"], list) and "name" not in rule
-        action = _action(rule["action"], rule.get("errnoRet"))
-        if action == default:
-            continue
-        args = [pyseccomp.Arg(a["index"], _OPS[a["op"]], a.get("value", 0), a.get("valueTwo", 0))
-                for a in rule.get("args", [])]
         assert all(type(a["index"]) is int and 0 <= a["index"] <= 5 for a in rule.get("args", []))
-        indices = [a["index"] for a in rule.get("args", [])]
-        groups = [[arg] for arg in args] if len(set(indices)) < len(indices) else [args]
-        for name in rule["names"]:
-            try:
-                for group in groups:
-                    seccomp_filter.add_rule(action, name, *group)
-            except OSError as error:  # runc skips a name this libseccomp cannot place on the filter's arches
-                if error.errno != errno.EINVAL or pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) >= 0:
-                    raise
-    with tempfile.TemporaryFile() as out:
-        seccomp_filter.export_bpf(out)
-        out.seek(0, 2)
-        instructions = out.tell() // 8
-    assert instructions <= BPF_MAXINSNS, f"{instructions} BPF instructions"
-    return instructions
+    return libseccomp_filter.build_filter(doc)
 
 
 _FIELD = re.compile(r"^([A-Za-z]|\[\")")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from secprofiles import apparmor, apparmor_parser, bundled, schema, seccomp
+from secprofiles import apparmor, apparmor_parser, bundled, libseccomp_filter, schema, seccomp
 from secprofiles.findings import Finding, InvalidProfileError
 
 Rendered = seccomp.Rendered | apparmor.Rendered
@@ -24,9 +24,11 @@ def _never_found(namespace: str, name: str) -> seccomp.Spec | None:
 
 
 async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_found,
-                   use_parser: bool = True) -> Outcome:
-    """Validate ``obj`` fully (schema, semantics, base chain, AppArmor parser) and render it if valid.
+                   native_checks: bool = True) -> Outcome:
+    """Validate ``obj`` fully (schema, semantics, base chain) and render it if valid.
 
+    With ``native_checks`` the rendering is also given to what a node uses: a seccomp filter is built with
+    libseccomp as runc builds it, AppArmor policy is compiled by ``apparmor_parser`` (when installed).
     Nothing invalid is ever rendered: ``rendered`` is None whenever ``findings`` is not empty.
     """
     kind = obj.get("kind")
@@ -38,13 +40,17 @@ async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_fo
             meta = obj["metadata"]
             rendered: Rendered = seccomp.render(meta.get("namespace", "default"), meta["name"], obj["spec"],
                                                 bundled.with_bundled(lookup))
+            if native_checks:
+                refusal = await asyncio.to_thread(libseccomp_filter.check, rendered.content)
+                if refusal is not None:
+                    return Outcome(None, (seccomp.refusal_finding(obj["spec"], refusal),))
             return Outcome(rendered, ())
         if kind == schema.APPARMOR_PROFILE:
             findings = apparmor.validate(obj)
             if findings:
                 return Outcome(None, tuple(findings))
             rendered = apparmor.render(obj)
-            if use_parser and apparmor_parser.available():
+            if native_checks and apparmor_parser.available():
                 findings = await apparmor_parser.check(rendered.content, rendered.profile_name)
                 if findings:
                     return Outcome(None, tuple(findings))
@@ -55,6 +61,6 @@ async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_fo
 
 
 def evaluate_sync(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_found,
-                  use_parser: bool = True) -> Outcome:
+                  native_checks: bool = True) -> Outcome:
     """``evaluate`` for synchronous callers (the CLI)."""
-    return asyncio.run(evaluate(obj, lookup, use_parser))
+    return asyncio.run(evaluate(obj, lookup, native_checks))

@@ -14,6 +14,7 @@ from typing import Any
 
 from secprofiles import schema, syscalls
 from secprofiles.findings import Finding, InvalidProfileError
+from secprofiles.libseccomp_filter import Refusal
 
 NODE_SUBDIR = "secprofiles"
 BUNDLED_PREFIX = "bundled/"
@@ -90,6 +91,21 @@ def _rule_names(rule: Spec) -> tuple[list[str], str]:
     if "names" in rule:
         return list(rule["names"]), "names"
     return ([rule["name"]] if "name" in rule else []), "name"
+
+
+def refusal_finding(spec: Spec, refusal: Refusal) -> Finding:
+    """The finding for a filter libseccomp refused: the profile's own rule for that syscall when it has one,
+    else its base reference (the rule came from a base), else the rules as a whole."""
+    for index, rule in enumerate(spec.get("syscalls", [])):
+        names, names_field = _rule_names(rule)
+        if refusal.syscall in names:
+            position = f"[{names.index(refusal.syscall)}]" if names_field == "names" else ""
+            return Finding(f"spec.syscalls[{index}].{names_field}{position}", refusal.reason)
+    if refusal.field is not None:
+        return Finding(f"spec.{refusal.field}", refusal.reason)
+    if refusal.syscall is not None and spec.get("baseProfileName"):
+        return Finding("spec.baseProfileName", f"syscall {refusal.syscall!r} (from the base): {refusal.reason}")
+    return Finding("spec.syscalls", refusal.reason)
 
 
 def validate(obj: schema.Object) -> list[Finding]:

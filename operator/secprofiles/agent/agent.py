@@ -285,7 +285,7 @@ class Agent:
             return
         if self.loader is None:
             # Reported, never skipped: pods asking for this profile cannot run here.
-            outcome = await profiles.evaluate(obj, use_parser=False)
+            outcome = await profiles.evaluate(obj, native_checks=False)
             digest = outcome.rendered.content_hash if outcome.rendered else ""
             self._report(key, nodereport.ERROR, nodereport.APPARMOR_NOT_ENABLED, content_hash=digest)
             return
