@@ -11,7 +11,7 @@ lint: install
 	$(PYTHON) -m mypy
 
 # Everything but the slow suites: unit tests, podman+runc enforcement, and the real control plane.
-# SECPROFILES_STRICT_INSTALL=1: a test that would skip for a missing tool fails instead (tests/conftest.py).
+# SECPROFILES_STRICT_INSTALL=1: a test that would skip for a missing or unusable tool fails instead (tests/conftest.py).
 # Then the benchmark suite in --quick mode (tiny sizes; keeps every benchmark path working, judges no figure).
 test: lint
 	SECPROFILES_STRICT_INSTALL=1 $(PYTHON) -m pytest -m "not slow"

@@ -1,8 +1,9 @@
 """Shared test helpers: paths to the repository's data, and the rule for tools a test needs.
 
-A test that needs an installed tool skips with ``missing_install(...)`` as its reason. The README's test command
-(``make test``) sets SECPROFILES_STRICT_INSTALL=1, which turns those skips into failures: there, a missing tool
-means the install step failed, and CI must not pass by skipping.
+A test that needs an installed tool skips with ``missing_install(...)`` as its reason, and with ``cannot_run(...)``
+when the tool is installed but does not work on this machine (podman that cannot start any container). The README's
+test command (``make test``) sets SECPROFILES_STRICT_INSTALL=1, which turns both skips into failures: there, a missing
+or unusable tool means the install step failed, and CI must not pass by skipping.
 """
 
 from __future__ import annotations
@@ -48,11 +49,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 MISSING_INSTALL = "missing install step: "
+CANNOT_RUN = "installed but cannot run here: "
+# What strict mode adds to the failure, per skip reason prefix.
+_STRICT_SKIPS = {MISSING_INSTALL: "the README's install step must provide it",
+                 CANNOT_RUN: "it runs on CI's machine, so its install or setup is broken"}
 
 
 def missing_install(what: str) -> str:
     """The skip reason for a test whose tool is not installed."""
     return MISSING_INSTALL + what
+
+
+def cannot_run(what: str) -> str:
+    """The skip reason for a test whose tool is installed but cannot work on this machine."""
+    return CANNOT_RUN + what
 
 
 needs_apparmor_parser = pytest.mark.skipif(
@@ -61,11 +71,12 @@ needs_apparmor_parser = pytest.mark.skipif(
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
-    """Under SECPROFILES_STRICT_INSTALL=1, a skip for a missing install step fails the test."""
+    """Under SECPROFILES_STRICT_INSTALL=1, a skip for a missing or unusable tool fails the test."""
     report = yield
     if os.environ.get("SECPROFILES_STRICT_INSTALL") == "1" and report.skipped and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2])
-        if MISSING_INSTALL in reason:
+        why = next((why for prefix, why in _STRICT_SKIPS.items() if prefix in reason), None)
+        if why is not None:
             report.outcome = "failed"
-            report.longrepr = f"{reason} (SECPROFILES_STRICT_INSTALL=1: the README's install step must provide it)"
+            report.longrepr = f"{reason} (SECPROFILES_STRICT_INSTALL=1: {why})"
     return report

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -179,24 +180,32 @@ def test_taint_is_removed_only_after_the_files_exist(
         create(cluster, obj)
     agent = agents(taints=(TAINT,), start=False)
     node_path = f"/api/v1/nodes/{agent.node}"
+    files = [agent.file(namespace, f"p{i}") for i in range(20)]
     assert cluster.get(node_path)["spec"]["taints"][0]["key"] == TAINT["key"]
-    agent.start()
-    observed_tainted_without_files = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        files_there = all(agent.file(namespace, f"p{i}").exists() for i in range(20))
-        taints = cluster.get(node_path)["spec"].get("taints") or []
-        if not any(t["key"] == TAINT["key"] for t in taints):
-            # The taint was gone at this read; the files were read before it: they must all have been there.
-            assert files_there or all(agent.file(namespace, f"p{i}").exists() for i in range(20))
-            break
-        observed_tainted_without_files |= not files_there
-        time.sleep(0.02)
-    else:
+    assert not any(path.exists() for path in files)
+
+    def missing_when_untainted() -> list[str]:
+        """The files missing right after the first read that shows the taint gone.
+
+        The files are looked at only after that read, with no wait in between, and the agent never deletes them:
+        an agent that writes them first always passes; one that removes the taint first fails unless it wrote all
+        of them before this poll (every 20 ms) got there."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            taints = cluster.get(node_path)["spec"].get("taints") or []
+            if not any(t["key"] == TAINT["key"] for t in taints):
+                return [path.name for path in files if not path.exists()]
+            time.sleep(0.02)
         raise AssertionError("taint never removed")
+
+    # Polling starts before the agent: agent.start() returns only once it serves, which may be after it synced,
+    # and the first read without the taint must follow the removal closely.
+    with ThreadPoolExecutor(max_workers=1) as poller:
+        missing = poller.submit(missing_when_untainted)
+        agent.start()
+        assert missing.result() == [], "the taint was gone before these files existed"
     assert node_status(cluster, agent.node)["ready"] is True
     assert agent.http("/readyz") == 200
-    print(f"\ntaint: observed tainted-without-files phase: {observed_tainted_without_files}")
 
 
 def test_stale_files_from_an_earlier_run_are_cleaned_up_on_start(
