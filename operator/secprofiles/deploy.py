@@ -3,7 +3,7 @@
 * :func:`render` - ``kubectl kustomize DIR`` (or ``kustomize build DIR``) into a list of objects (nothing here
   re-implements it);
 * :func:`apply` - server-side apply of rendered objects through :meth:`DevCluster.api`, CRDs first and waited
-  for until Established, so objects of those CRDs (the Kopf peering object) apply in the same call;
+  for until Established, so objects of those CRDs apply in the same call;
 * :func:`node_bound_agent_token` - what the kubelet gives an agent pod: a token bound to a Pod on a Node, so it
   carries ``authentication.kubernetes.io/node-name`` (which the ValidatingAdmissionPolicies check).
 """
@@ -62,7 +62,6 @@ REST: Final[Mapping[str, tuple[str, str, bool]]] = {
     "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
     "SeccompProfile": ("/apis/secprofiles.io/v1alpha1", "seccompprofiles", True),
     "AppArmorProfile": ("/apis/secprofiles.io/v1alpha1", "apparmorprofiles", False),
     "ProfileBinding": ("/apis/secprofiles.io/v1alpha1", "profilebindings", True),

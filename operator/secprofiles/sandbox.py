@@ -1,10 +1,10 @@
 """``python -m secprofiles.sandbox``: secprofiles end to end on this machine, no cluster or kubelet needed.
 
 It starts the local control plane (``secprofiles.devcluster``; the first run builds it, with progress), installs
-what of ``manifests/`` makes sense without a kubelet (CRDs, namespace, service accounts, RBAC, admission policies,
-the Kopf peering object) by server-side apply, and runs as local processes, each AS its manifests' service account:
+what of ``manifests/`` makes sense without a kubelet (CRDs, namespace, service accounts, RBAC, admission policies)
+by server-side apply, and runs as local processes, each AS its manifests' service account:
 
-* the operator (``python -m secprofiles.controller``, with peering, as deployed);
+* the operator (``python -m secprofiles.controller``, with leader election on its Lease, as deployed);
 * one agent per simulated node, each with its own host root under the printed directory: ``sandbox-apparmor``
   (``--apparmor-loader recording``: a simulated AppArmor kernel) and ``sandbox-seccomp`` (no AppArmor). Their
   tokens are bound to a Pod object on their node, like the kubelet's, so the admission policies apply.
@@ -49,7 +49,7 @@ SECCOMP_NODE: Final = "sandbox-seccomp"
 #: What of manifests/ works without a kubelet (workloads, Services, NetworkPolicies need real nodes).
 SANDBOX_KINDS: Final = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole",
                         "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy",
-                        "ValidatingAdmissionPolicyBinding", "ClusterKopfPeering")
+                        "ValidatingAdmissionPolicyBinding")
 AGENT_USER: Final = f"system:serviceaccount:{deploy.NAMESPACE}:secprofiles-agent"
 
 

@@ -21,7 +21,7 @@ from secprofiles.devcluster import ApiError, DevCluster
 from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
 from tests.conftest import REPO, missing_install
 from tests.integration.kube import eventually
-from tests.integration.processes import AgentProcess, OperatorProcess
+from tests.integration.processes import AgentProcess, OperatorProcess, free_port
 
 pytestmark = [
     pytest.mark.controlplane,
@@ -30,6 +30,7 @@ pytestmark = [
 NS = deploy.NAMESPACE
 GROUP = "/apis/secprofiles.io/v1alpha1"
 TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/secprofiles-operator"
 MERGE = "application/merge-patch+json"
 DENIED = (403,)  # the policies deny with reason Forbidden: never 422, which the agent reads as a lost race
 # Our client says "403 Forbidden: ...", Kopf "Forbidden"/"Not enough permissions". A bare "403" also matches
@@ -67,7 +68,7 @@ def test_everything_applies_and_is_stored(installed: DevCluster, rendered: list[
     kinds = {o["kind"] for o in rendered}
     assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
             "Deployment", "DaemonSet", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-            "PodDisruptionBudget", "NetworkPolicy", "ClusterKopfPeering", "MutatingWebhookConfiguration"} <= kinds
+            "PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding", "MutatingWebhookConfiguration"} <= kinds
     for obj in rendered:
         stored = installed.get(deploy.item_path(obj))
         assert stored["metadata"]["name"] == obj["metadata"]["name"]
@@ -193,15 +194,19 @@ def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed
     token, pod = deploy.node_bound_agent_token(cluster, node)
     agent_kc = deploy.write_token_kubeconfig(cluster, tmp_path / "agent.kc",
                                              "system:serviceaccount:secprofiles-system:secprofiles-agent", token)
-    # Peering as deployed (a fixed priority, no --standalone).
-    operator = OperatorProcess(operator_creds.kubeconfig, tmp_path / "operator.log", "--priority", "7")
+    # As deployed: leader election on the Lease (no --standalone) and the webhook with its own certificate, so
+    # the Lease, Secret, webhook configuration and ProfileBinding rules are used by this identity too.
+    operator = OperatorProcess(operator_creds.kubeconfig, tmp_path / "operator.log", "--identity", "deploy-test",
+                               "--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1",
+                               "--cert-dir", str(tmp_path / "certs"))
     operator.start()
     agent = AgentProcess(agent_kc, node, tmp_path / node, apparmor=True)
     try:
         agent.start()
-        # Peering as deployed: the operator announces itself in the ClusterKopfPeering "secprofiles".
-        eventually(lambda: cluster.get("/apis/kopf.dev/v1/clusterkopfpeerings/secprofiles").get("status"),
-                   timeout=30, what="the operator in the peering object")
+        eventually(lambda: cluster.get(LEASE)["spec"]["holderIdentity"] == "deploy-test", timeout=30,
+                   what="the operator to hold the leader-election Lease")
+        eventually(lambda: cluster.request("GET", f"/api/v1/namespaces/{NS}/secrets/secprofiles-webhook-tls")[0]
+                   == 200, timeout=30, what="the webhook's certificate Secret")
         # The agent removes the readiness taint from its own Node: allowed by RBAC + VAP.
         eventually(lambda: not (cluster.get(f"/api/v1/nodes/{node}")["spec"].get("taints")), timeout=30,
                    what="the agent to remove its node's taint")
@@ -215,6 +220,12 @@ def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed
         assert first is not None
         eventually(lambda: _phase(cluster, path, first.content_hash), timeout=60, what="Installed (operator)")
         assert agent.file(namespace, "prevent-chmod").read_bytes() == first.content
+        cluster.api("POST", f"{GROUP}/namespaces/{namespace}/profilebindings", {
+            "apiVersion": "secprofiles.io/v1alpha1", "kind": "ProfileBinding",
+            "metadata": {"name": "all", "namespace": namespace},
+            "spec": {"profileRef": {"kind": "SeccompProfile", "name": "prevent-chmod"}, "images": ["*"]}})
+        eventually(lambda: cluster.get(f"{GROUP}/namespaces/{namespace}/profilebindings/all").get("status", {}).get(
+            "observedGeneration") == 1, timeout=30, what="the ProfileBinding's status (read, then guarded write)")
 
         updated = _profile(namespace, ["chmod", "fchmodat", "fchmod"])
         cluster.api("PATCH", path, {"spec": updated["spec"]}, content_type=MERGE)

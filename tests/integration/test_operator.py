@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from secprofiles import nodereport
 from secprofiles.controller.reconciler import FINALIZER
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
 from tests.integration.kube import (
-    REPO,
     create_node,
     delete_everything,
     ensure_namespace,
@@ -273,55 +273,56 @@ async def test_liveness_and_metrics_endpoints(api: KubeApi, operator: OperatorPr
     assert 'secprofiles_profiles{kind="SeccompProfile",phase="Installing"}' in metrics
 
 
-async def test_two_replicas_with_peering_never_both_act(
-        api: KubeApi, operator: OperatorProcess, devcluster: DevCluster, tmp_path: Path) -> None:
-    for doc in yaml.safe_load_all((REPO / "manifests/base/kopf-peering.yaml").read_text()):
-        path = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/" if doc["kind"] == "CustomResourceDefinition"
-                else "/apis/kopf.dev/v1/clusterkopfpeerings/") + doc["metadata"]["name"]
-        await wait_for(lambda path=path, doc=doc: _apply_when_served(api, path, doc), what=f"apply {path}")
+async def test_two_replicas_started_together_elect_one_writer_and_fail_over(
+        api: KubeApi, operator: OperatorProcess, devcluster: DevCluster, tmp_path: Path,
+        report_figure: Callable[[str], None]) -> None:
+    """Started at the same moment (what Kopf's peering got wrong), exactly one replica writes; a clean stop hands
+    the Lease over at once, a kill -9 after the lease duration."""
     operator.stop()
     await create_node(api, "node-1")
-    high = OperatorProcess(devcluster.kubeconfig, tmp_path / "high.log", "--priority", "200")
-    low = OperatorProcess(devcluster.kubeconfig, tmp_path / "low.log", "--priority", "100")
+    lease = f"lease-{uuid.uuid4().hex[:6]}"
+    replicas = {name: OperatorProcess(devcluster.kubeconfig, tmp_path / f"{name}.log", "--identity", name,
+                                      "--namespace", NS, "--lease-name", lease, "--lease-duration", "3")
+                for name in ("one", "two")}
     try:
-        high.start()
-        # Started one after the other: with a simultaneous start, Kopf 1.45.2 can leave one watch of the paused
-        # replica running (its stream() cancels a pending request from a done-callback through
-        # asyncio.current_task(), which is None there). See the README's known gaps.
-        await wait_for(lambda: _peer_with_priority(api, 200), what="the high-priority replica in the peering")
-        low.start()
-        await wait_for(lambda: _logged(low, "Pausing"), what="the low-priority replica to pause")
-        await api.create(resource_path("SeccompProfile", NS), seccomp("peered"))
-        await wait_status(api, "peered", lambda s: s.get("phase") == "Installing")
+        for replica in replicas.values():
+            replica.start()
+        holder = await wait_for(lambda: _lease_holder(api, lease), timeout=30, what="a leader")
+        leader, standby = replicas[holder], next(r for name, r in replicas.items() if name != holder)
+        await api.create(resource_path("SeccompProfile", NS), seccomp("elected"))
+        await wait_status(api, "elected", lambda s: s.get("phase") == "Installing")
         # The status line is logged after the status patch and its Event, so the test may read the log first.
-        await wait_for(lambda: _logged(high, "seccomp/team-a/peered"), what="the high-priority replica's status log")
-        assert "seccomp/team-a/peered" not in low.log.read_text(), low.log.read_text()[-3000:]
+        await wait_for(lambda: _logged(leader, "seccomp/team-a/elected"), what="the leader's status log")
+        await asyncio.sleep(2)  # a standby that wrongly acted would have logged by now, as the leader did
+        assert "seccomp/team-a/elected" not in standby.log.read_text(), standby.tail()
+        assert "leading" not in standby.log.read_text(), standby.tail()
 
-        high.stop()  # a clean stop withdraws from peering, so the other replica takes over at once
-        await wait_for(lambda: _logged(low, "Resuming"), what="the low-priority replica to resume")
-        await api.create(resource_path("SeccompProfile", NS), seccomp("after-failover"))
-        await wait_status(api, "after-failover", lambda s: s.get("phase") == "Installing")
-        await wait_for(lambda: _logged(low, "seccomp/team-a/after-failover"), what="the new active replica's status log")
+        started = time.monotonic()
+        leader.stop()  # a clean stop releases the Lease
+        await api.create(resource_path("SeccompProfile", NS), seccomp("after-release"))
+        await wait_status(api, "after-release", lambda s: s.get("phase") == "Installing")
+        released = time.monotonic() - started
+        assert await _lease_holder(api, lease) != holder
+
+        leader.start()  # back, as the standby
+        started = time.monotonic()
+        standby.stop(signal.SIGKILL)  # no release: the Lease must expire (3 s) first
+        await api.create(resource_path("SeccompProfile", NS), seccomp("after-kill"))
+        await wait_status(api, "after-kill", lambda s: s.get("phase") == "Installing", timeout=30)
+        killed = time.monotonic() - started
+        assert await _lease_holder(api, lease) == holder
+        report_figure(f"simultaneous start: 1 of 2 replicas wrote; failover to Installing {released:.1f} s after a "
+                      f"clean stop, {killed:.1f} s after kill -9 (lease duration 3 s)")
     finally:
-        high.stop()
-        low.stop()
-        await api.delete("/apis/kopf.dev/v1/clusterkopfpeerings/secprofiles")
+        for replica in replicas.values():
+            replica.stop()
+        await api.delete(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease}")
+
+
+async def _lease_holder(api: KubeApi, lease: str) -> str | None:
+    found = await api.get(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease}") or {}
+    return (found.get("spec") or {}).get("holderIdentity") or None
 
 
 async def _logged(process: OperatorProcess, text: str) -> bool:
     return process.log.exists() and text in process.log.read_text()
-
-
-async def _apply_when_served(api: KubeApi, path: str, doc: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        return await api.patch(path, doc, "apply", params={"fieldManager": "tests"})
-    except ApiError as error:
-        if error.status == 404:  # a new CRD's API is served a moment after the CRD is stored
-            return None
-        raise
-
-
-async def _peer_with_priority(api: KubeApi, priority: int) -> bool:
-    peering = await api.get("/apis/kopf.dev/v1/clusterkopfpeerings/secprofiles") or {}
-    return any(peer.get("priority") == priority for peer in (peering.get("status") or {}).values()
-               if isinstance(peer, dict))

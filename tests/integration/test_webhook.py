@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from secprofiles import profiles
+from secprofiles.controller.state import ClusterState
+from secprofiles.controller.webhook import BindingStatusWriter
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
 from tests.integration.kube import (
@@ -348,3 +350,31 @@ async def test_handler_latency(api: KubeApi, operator: WebhookOperator) -> None:
     print(f"\nwebhook round trip over TLS: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; "
           f"decision mean {total / count * 1e6:.0f} us over {count:.0f} calls; " + "; ".join(lines[:8]))
     assert p99 < 0.5
+
+
+async def test_two_replicas_counting_bound_pods_lose_no_update(api: KubeApi) -> None:
+    """Every replica serves the webhook and adds the pods it admitted to one boundPods count: two status writers
+    against the real API server, racing on the same binding, must add up (resourceVersion conflicts retried)."""
+    created = await api.create(resource_path("ProfileBinding", NS),
+                               binding("counted", "SeccompProfile", "prevent-chmod", images=["*"]))
+    state = ClusterState()
+    key = state.apply_binding("ADDED", created)
+    writers = [BindingStatusWriter(state, api, interval=0.0) for _ in range(2)]
+    tasks = [asyncio.create_task(writer.run()) for writer in writers]
+    try:
+        for _ in range(25):
+            for writer in writers:
+                writer.bound({key})
+            await asyncio.sleep(0.01)
+        await wait_for(lambda: _status(api, "ProfileBinding", NS, "counted", "boundPods"), what="a count")
+        status = await wait_for(lambda: _count_is(api, "counted", 50), what="all 50 admissions counted")
+        assert status["boundPods"] == 50
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _count_is(api: KubeApi, name: str, count: int) -> dict[str, Any] | None:
+    status = await _status(api, "ProfileBinding", NS, name, "boundPods") or {}
+    return status if status.get("boundPods") == count else None

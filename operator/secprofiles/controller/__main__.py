@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 from pathlib import Path
 
 import kopf
@@ -13,6 +12,7 @@ from prometheus_client import start_http_server
 
 from secprofiles import logs
 from secprofiles.controller.handlers import build_registry
+from secprofiles.controller.leadership import LeaseSettings, default_identity
 from secprofiles.controller.webhook import WebhookOptions
 
 
@@ -20,9 +20,14 @@ def main() -> None:
     """Parse arguments and run the operator until it is stopped."""
     parser = argparse.ArgumentParser(prog="secprofiles-operator", description="The secprofiles operator.")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: in-cluster")
-    parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
-    parser.add_argument("--priority", type=int, default=None,
-                        help="peering priority; replicas need distinct ones (default: random)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="no leader election: reconcile at once (run a single replica)")
+    parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "secprofiles-system"),
+                        help="the operator's namespace (leader-election Lease, certificate Secret, Service DNS names)")
+    parser.add_argument("--lease-name", default="secprofiles-operator", help="the leader-election Lease")
+    parser.add_argument("--lease-duration", type=float, default=15.0,
+                        help="seconds a leader that stopped renewing keeps the Lease (default: 15)")
+    parser.add_argument("--identity", default=None, help="this replica in the Lease (default: $POD_NAME)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port; 0 disables")
     parser.add_argument("--log-level", default="INFO")
@@ -36,8 +41,6 @@ def main() -> None:
                       help="where the serving certificate files are (written with --cert-source self)")
     hook.add_argument("--webhook-config-name", default="secprofiles",
                       help="MutatingWebhookConfiguration whose caBundle the operator keeps current")
-    hook.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "secprofiles-system"),
-                      help="the operator's namespace (certificate Secret, Service DNS names)")
     hook.add_argument("--webhook-service", default="secprofiles-webhook", help="Service name in the certificate")
     hook.add_argument("--assume-server-version", default=None,
                       help="skip the API server's /version (e.g. v1.29.0 to test the AppArmor annotation form)")
@@ -51,9 +54,11 @@ def main() -> None:
         port=args.webhook_port, host=args.webhook_host, cert_source=args.cert_source, cert_dir=args.cert_dir,
         config_name=args.webhook_config_name, namespace=args.namespace, service=args.webhook_service,
         server_version=args.assume_server_version) if args.webhook_port else None
-    registry = build_registry(args.kubeconfig, webhook)
-    priority = args.priority if args.priority is not None else random.randint(1, 10_000)
-    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=args.standalone, priority=priority,
+    lease = None if args.standalone else LeaseSettings.scaled(
+        args.namespace, args.identity or default_identity(), args.lease_name, args.lease_duration)
+    registry = build_registry(args.kubeconfig, webhook, lease)
+    # Kopf's own peering stays off: every replica watches, the Lease decides who writes (controller/leadership.py).
+    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
                               liveness_endpoint=args.liveness or None))
 
 

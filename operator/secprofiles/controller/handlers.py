@@ -2,18 +2,19 @@
 
 Handlers are ``on.event`` only: they keep no per-object state in the objects (no diff-base or progress
 annotations) and add no Kopf finalizer; the operator's only write to user objects besides ``status`` is
-its one finalizer, managed by the reconciler.
+its one finalizer, managed by the reconciler. Every replica watches (warm state for the webhook and a fast
+failover); only the holder of the Lease runs the reconciler (``leadership``), so Kopf itself runs standalone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import kopf
 
 from secprofiles import schema
+from secprofiles.controller.leadership import Leadership, LeaseSettings
 from secprofiles.controller.reconciler import Reconciler
 from secprofiles.controller.state import ClusterState
 from secprofiles.controller.webhook import WebhookOptions, register_webhook
@@ -24,7 +25,7 @@ API_RETRY_BACKOFFS = (0.5, 1.0, 2.0, 4.0, *[5.0] * 9)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Kopf settings: nothing stored in annotations, no event spam, clusterwide peering, prompt reconnects.
+    """Kopf settings: nothing stored in annotations, no event spam, prompt reconnects.
 
     Kopf's own finalizer name stays distinct from ours: Kopf strips its finalizer from objects whose
     handlers do not need one, and ours must survive until no pod uses the profile.
@@ -32,8 +33,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.posting.enabled = False  # the reconciler posts the Events a person cares about
-    settings.peering.name = "secprofiles"
-    settings.peering.clusterwide = True
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 0.2
     # Kopf's default retries (1, 1, 2, 3, 5, 8, 13, 21 s) can leave a watch 20 s behind an API server that
@@ -41,13 +40,16 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = API_RETRY_BACKOFFS
 
 
-def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None = None) -> kopf.OperatorRegistry:
+def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None = None,
+                   lease: LeaseSettings | None = None) -> kopf.OperatorRegistry:
     """A registry with the operator's handlers (explicit, so tests can run several operators in one process).
 
-    With ``webhook``, it also serves the pod-binding admission webhook from the same state.
+    With ``webhook``, it also serves the pod-binding admission webhook from the same state. With ``lease``, the
+    reconciler runs only while this replica holds that Lease; without, at once (a single replica).
     """
     registry = kopf.OperatorRegistry()
     state = ClusterState()
+    leadership = Leadership(lease)
     if webhook is not None:
         register_webhook(registry, state, webhook, kubeconfig)
     runtime: dict[str, Any] = {}
@@ -67,16 +69,14 @@ def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None
         api = KubeApi(Credentials.auto(kubeconfig), user_agent="secprofiles-operator")
         await seed_nodes_and_reports(state, api)
         reconciler = Reconciler(state, api)
-        runtime.update(api=api, reconciler=reconciler, task=asyncio.create_task(reconciler.run()))
-        reconciler.mark(set(state.profiles))
+        runtime.update(api=api, reconciler=reconciler)
+        leadership.while_leading(reconciler.lead)
+        leadership.start(api)
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
-        task = runtime.get("task")
-        if task:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         if "api" in runtime:
+            await leadership.stop(runtime["api"])
             await runtime["api"].close()
 
     @kopf.on.event(schema.GROUP, schema.VERSION, schema.plural(schema.SECCOMP_PROFILE), registry=registry)

@@ -52,6 +52,11 @@ class Reconciler:
             self._pending.add(key)
             self._queue.put_nowait(key)
 
+    async def lead(self) -> None:
+        """Reconcile every profile, then work forever (started each time this replica becomes the leader)."""
+        self.mark(set(self.state.profiles))
+        await self.run()
+
     async def run(self) -> None:
         """Work forever: one key at a time, retrying failed keys with a short backoff."""
         while True:

@@ -56,11 +56,9 @@ class Profile:
 
 @dataclass
 class BindingRecord:
-    """A ProfileBinding as last seen: the pure binding plus what its status writer needs."""
+    """A ProfileBinding as last seen (its status writer reads the status fresh: replicas add to its count)."""
 
     binding: Binding
-    generation: int
-    status: Object
 
 
 class ProfileInfos(Mapping[str, ProfileInfo]):
@@ -104,8 +102,7 @@ class ClusterState:
             if not self.bindings[namespace]:
                 del self.bindings[namespace]
         else:
-            self.bindings[namespace][name] = BindingRecord(Binding.from_object(obj), int(meta.get("generation", 1)),
-                                                           obj.get("status") or {})
+            self.bindings[namespace][name] = BindingRecord(Binding.from_object(obj))
         return f"{namespace}/{name}"
 
     def bindings_in(self, namespace: str) -> list[Binding]:

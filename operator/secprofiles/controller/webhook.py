@@ -73,14 +73,17 @@ def has_apparmor_field(git_version: str) -> bool:
 
 
 class BindingStatusWriter:
-    """ProfileBinding status: bound-pod counts (coalesced) and problems, written by one background task."""
+    """ProfileBinding status: bound-pod counts (coalesced) and problems, written by one background task.
+
+    Every replica serves the webhook, so every replica runs one: each adds the pods it admitted to the count
+    it reads fresh, in an update guarded by that read's resourceVersion (a conflict is retried, never lost).
+    """
 
     def __init__(self, state: ClusterState, api: KubeApi, interval: float) -> None:
         self.state, self.api, self.interval = state, api, interval
         self._dirty: set[str] = set()
         self._pending: Counter[str] = Counter()
         self._last_bound: dict[str, str] = {}
-        self._totals: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     def mark(self, keys: set[str]) -> None:
@@ -99,7 +102,7 @@ class BindingStatusWriter:
 
     def forget(self, key: str) -> None:
         """A binding was deleted: a new one of the same name starts counting afresh."""
-        for store in (self._pending, self._last_bound, self._totals):
+        for store in (self._pending, self._last_bound):
             store.pop(key, None)
 
     async def run(self) -> None:
@@ -112,7 +115,11 @@ class BindingStatusWriter:
             for key in sorted(dirty):
                 try:
                     await self._write(key)
-                except (ApiError, OSError, TimeoutError) as error:
+                except ApiError as error:
+                    if error.status != 409:  # a conflict is another replica's write: read again and retry
+                        log.warning("status of ProfileBinding %s not written (%s); retrying", key, error)
+                    self.mark({key})
+                except (OSError, TimeoutError) as error:
                     log.warning("status of ProfileBinding %s not written (%s); retrying", key, error)
                     self.mark({key})
 
@@ -121,29 +128,34 @@ class BindingStatusWriter:
         if record is None:
             self.forget(key)
             return
+        path = resource_path(schema.PROFILE_BINDING, record.binding.namespace, record.binding.name)
+        current = await self.api.get(path)  # fresh: the count in the watched copy may be behind another replica's
+        if current is None:
+            self.forget(key)
+            return
+        meta, before = current["metadata"], current.get("status") or {}
         status: dict[str, Any] = {}
         pending = self._pending.get(key, 0)
         if pending:
-            status["boundPods"] = self._totals.get(key, int(record.status.get("boundPods") or 0)) + pending
+            status["boundPods"] = int(before.get("boundPods") or 0) + pending
             status["lastBoundTime"] = self._last_bound[key]
         problem = binding.problem(record.binding, self.state.profile_infos())
         problems = [problem] if problem else []
-        if problems != (record.status.get("problems") or []):
+        if problems != (before.get("problems") or []):
             status["problems"] = problems or None  # merge patch: None removes the field
-        if record.status.get("observedGeneration") != record.generation:
-            status["observedGeneration"] = record.generation
+        if before.get("observedGeneration") != meta.get("generation"):
+            status["observedGeneration"] = meta.get("generation")
         if not status:
             return
         try:
-            await self.api.patch(resource_path(schema.PROFILE_BINDING, record.binding.namespace,
-                                               record.binding.name, "status"), {"status": status})
+            await self.api.patch(f"{path}/status",
+                                 {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status})
         except ApiError as error:
             if error.status == 404:
                 self.forget(key)
                 return
             raise
         if pending:
-            self._totals[key] = status["boundPods"]
             self._pending[key] -= pending  # admissions during the write stay pending
 
 
