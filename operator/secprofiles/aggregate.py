@@ -86,3 +86,31 @@ def with_transition_times(new: dict[str, Any], old: dict[str, Any] | None, now: 
         same = before is not None and before.get("status") == condition["status"]
         condition["lastTransitionTime"] = before.get("lastTransitionTime", now) if same and before else now
     return new
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """A Kubernetes Event to post about a status change."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def event_for(old: Mapping[str, Any], new: Mapping[str, Any]) -> EventNote | None:
+    """The Event a person wants for the change from status ``old`` to ``new``, if any: every phase change, and
+    within Error each newly failing node and each new validation message (an edit that is still invalid)."""
+    condition = new["conditions"][0]
+    kind = "Warning" if new["phase"] == ERROR_PHASE else "Normal"
+    if old.get("phase") != new["phase"]:
+        return EventNote(kind, condition["reason"], condition["message"])
+    if condition["reason"] == "NodeFailed":
+        before = {f["node"] for f in old.get("failedNodes") or []}
+        newly = [f for f in new.get("failedNodes") or [] if f["node"] not in before]
+        if newly:
+            listed = "; ".join(f"{f['node']}: {f['message']}" for f in newly)
+            return EventNote(kind, "NodeFailed", f"failed on {len(newly)} more node(s): {listed}")
+    previous = (old.get("conditions") or [{}])[0]
+    if condition["reason"] == "Invalid" and previous.get("message") != condition["message"]:
+        return EventNote(kind, "Invalid", condition["message"])
+    return None

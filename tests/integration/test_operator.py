@@ -123,6 +123,18 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Error")
     assert status["failedNodes"] == [{"node": "node-3", "message": "disk full"}]
     assert "node-3: disk full" in status["conditions"][0]["message"]
+    # Already Error: one more failing node is still news, as an Event naming just that node.
+    n4 = await create_node(api, "node-4")
+    await report(api, n4, {key: {"contentHash": content, "state": "Error", "message": "read-only file system"}})
+    await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["failed"] == 2)
+
+    async def node_failed_event() -> bool:
+        events = await api.request("GET", f"/api/v1/namespaces/{NS}/events")
+        return any(e["reason"] == "NodeFailed" and e["message"].endswith("1 more node(s): node-4: read-only file system")
+                   for e in events["items"] if e["involvedObject"]["name"] == "prevent-chmod")
+
+    await wait_for(node_failed_event, what="a NodeFailed event for node-4")
+    await api.delete("/api/v1/nodes/node-4")
     await api.delete("/api/v1/nodes/node-3")
     status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Installed")
     assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}

@@ -184,3 +184,25 @@ async def test_start_up_without_the_api_starts_empty_and_says_so(caplog: pytest.
     await seed_nodes_and_reports(state, ListingApi(OSError("connection refused")))  # type: ignore[arg-type]
     assert state.nodes == set()
     assert "starting without the initial node listing (connection refused)" in caplog.text
+
+
+def test_events_for_phase_changes_new_failing_nodes_and_new_findings() -> None:
+    ok, broken = Entry("sha256:new", "Installed"), Entry("sha256:new", "Error", "disk full")
+    installing = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok})
+    one_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken})
+    two_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken, "n3": broken})
+    assert aggregate.event_for({}, installing) == aggregate.EventNote("Normal", "Installing", "installed on 1 of 3 node(s)")
+    note = aggregate.event_for(installing, one_failed)
+    assert note is not None and (note.type, note.reason) == ("Warning", "NodeFailed") and "n2: disk full" in note.message
+    # Still Error, one more node failing: a person wants to hear about n3 (and only n3).
+    assert aggregate.event_for(one_failed, two_failed) == aggregate.EventNote(
+        "Warning", "NodeFailed", "failed on 1 more node(s): n3: disk full")
+    assert aggregate.event_for(two_failed, two_failed) is None
+    assert aggregate.event_for(two_failed, one_failed) is None  # a recovery within Error is no news
+    invalid = aggregate.status(state_of(findings=(Finding("spec.defaultAction", "required"),), content_hash=None),
+                               ["n1"], {})
+    edited = aggregate.status(state_of(findings=(Finding("spec.syscalls[0].names[0]", "unknown syscall 'x'"),),
+                                       content_hash=None), ["n1"], {})
+    assert aggregate.event_for(invalid, invalid) is None
+    note = aggregate.event_for(invalid, edited)
+    assert note is not None and note.reason == "Invalid" and "unknown syscall 'x'" in note.message

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from secprofiles import schema
+from secprofiles import apparmor_parser, schema
 from secprofiles.controller.leadership import Leadership, LeaseSettings
 from secprofiles.controller.reconciler import Reconciler
 from secprofiles.controller.state import ClusterState
@@ -66,6 +66,8 @@ def build_registry(kubeconfig: str | None = None, webhook: WebhookOptions | None
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
+        if not apparmor_parser.available():  # the operator's image has it; said once, not per profile
+            log.warning("%s; AppArmorProfiles are checked by the model's rules only", apparmor_parser.NOT_INSTALLED)
         api = KubeApi(Credentials.auto(kubeconfig), user_agent="secprofiles-operator")
         await seed_nodes_and_reports(state, api)
         reconciler = Reconciler(state, api)

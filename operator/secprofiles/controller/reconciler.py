@@ -169,10 +169,8 @@ class Reconciler:
             raise
         metrics.observe_phase(profile.key, profile.kind, status["phase"])
         self._observe_install_time(profile, status)
-        if old.get("phase") != status["phase"]:
-            condition = status["conditions"][0]
-            kind = "Warning" if status["phase"] == aggregate.ERROR_PHASE else "Normal"
-            await self._event(profile, kind, condition["reason"], condition["message"])
+        if note := aggregate.event_for(old, status):
+            await self._event(profile, note.type, note.reason, note.message)
         log.info("status %s", json.dumps({"profile": profile.key, "phase": status["phase"],
                                           "nodes": status.get("nodes"), "hash": status.get("contentHash")}))
 
