@@ -26,7 +26,7 @@ from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
-from secprofiles import schema
+from secprofiles import deploy, schema
 from secprofiles.kubeapi import ApiError, resource_path
 
 OPERATOR_NS = "secprofiles-system"
@@ -45,10 +45,7 @@ def _namespace(variant: str) -> str:
 
 def _webhook_config(port: int) -> dict[str, Any]:
     """manifests/base/webhook.yaml as shipped, its Service replaced by the operator process on loopback."""
-    config: dict[str, Any] = yaml.safe_load((processes.REPO / "manifests/base/webhook.yaml").read_text())
-    for hook in config["webhooks"]:
-        hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{hook['clientConfig']['service']['path']}"}
-    return config
+    return deploy.loopback_webhooks(yaml.safe_load((processes.REPO / "manifests/base/webhook.yaml").read_text()), port)
 
 
 def _mutated(pod: dict[str, Any]) -> bool:

@@ -5,11 +5,14 @@
 * :func:`apply` - server-side apply of rendered objects through :meth:`DevCluster.api`, CRDs first and waited
   for until Established, so objects of those CRDs apply in the same call;
 * :func:`node_bound_agent_token` - what the kubelet gives an agent pod: a token bound to a Pod on a Node, so it
-  carries ``authentication.kubernetes.io/node-name`` (which the ValidatingAdmissionPolicies check).
+  carries ``authentication.kubernetes.io/node-name`` (which the ValidatingAdmissionPolicies check);
+* :func:`loopback_webhooks` - the shipped webhook configuration pointed at an operator process on 127.0.0.1
+  instead of its Service (no kubelet runs the operator's pod here).
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import time
@@ -30,6 +33,7 @@ __all__ = [
     "collection_path",
     "item_path",
     "kustomize_command",
+    "loopback_webhooks",
     "node_bound_agent_token",
     "render",
     "render_resources",
@@ -203,6 +207,24 @@ def node_bound_agent_token(cluster: DevCluster, node: str, *, namespace: str = N
     result = cluster.api("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/serviceaccounts/"
                                  f"{quote(service_account, safe='')}/token", request)
     return str(result["status"]["token"]), pod
+
+
+def loopback_webhooks(config: Mapping[str, Any], port: int, *, path_prefix: str = "",
+                      ca_bundle: str | None = None) -> dict[str, Any]:
+    """A copy of the webhook configuration ``config`` whose webhooks call ``https://127.0.0.1:<port><path>``.
+
+    Each webhook's ``clientConfig.service`` is replaced by that URL, its path kept (``path_prefix`` goes before
+    it); nothing else of the policy changes. ``ca_bundle`` (base64 PEM) is set when given; without it the
+    operator injects its own CA, as it does into the Service-based configuration.
+    """
+    result: dict[str, Any] = copy.deepcopy(dict(config))
+    for webhook in result["webhooks"]:
+        client: dict[str, Any] = {
+            "url": f"https://127.0.0.1:{port}{path_prefix}{webhook['clientConfig']['service']['path']}"}
+        if ca_bundle:
+            client["caBundle"] = ca_bundle
+        webhook["clientConfig"] = client
+    return result
 
 
 def write_token_kubeconfig(cluster: DevCluster, path: Path, user: str, token: str) -> Path:

@@ -1,20 +1,27 @@
 """``python -m secprofiles.sandbox``: secprofiles end to end on this machine, no cluster or kubelet needed.
 
 It starts the local control plane (``secprofiles.devcluster``; the first run builds it, with progress), installs
-what of ``manifests/`` makes sense without a kubelet (CRDs, namespace, service accounts, RBAC, admission policies)
-by server-side apply, and runs as local processes, each AS its manifests' service account:
+what of ``manifests/`` makes sense without a kubelet (CRDs, namespace, service accounts, RBAC, admission policies,
+and the pod-binding MutatingWebhookConfiguration with its Service replaced by a URL on 127.0.0.1) by server-side
+apply, and runs as local processes, each AS its manifests' service account:
 
-* the operator (``python -m secprofiles.controller``, with leader election on its Lease, as deployed);
+* the operator (``python -m secprofiles.controller``, with leader election on its Lease, as deployed), serving
+  the pod-binding webhook on a free loopback port: it keeps its certificate in a Secret of secprofiles-system and
+  injects its CA into the webhook configuration, as deployed;
 * one agent per simulated node, each with its own host root under the printed directory: ``sandbox-apparmor``
   (``--apparmor-loader recording``: a simulated AppArmor kernel) and ``sandbox-seccomp`` (no AppArmor). Their
   tokens are bound to a Pod object on their node, like the kubelet's, so the admission policies apply.
 
-Then it applies the bundled profiles of ``profiles/`` (SeccompProfiles into namespace ``demo``), a demo
-ProfileBinding and a pod that references ``prevent-chmod`` through its securityContext, and shows a live table of
-profiles x nodes (state, and where each file landed) until Ctrl-C. Everything is stopped and removed on exit.
+Then it applies the bundled profiles of ``profiles/`` (SeccompProfiles into namespace ``demo``, labelled
+``secprofiles.io/binding=enabled`` so the webhook serves it) and a demo ProfileBinding of ``prevent-chmod`` to pods
+labelled ``app: demo``; once that profile is Installed and the webhook binds a dry-run pod, it creates a pod that
+sets no seccomp profile of its own, and shows what the webhook gave it (``securityContext.seccompProfile``, the
+``secprofiles.io/profiles`` annotation with the profile's content hash) under a live table of profiles x nodes
+(state, and where each file landed) until Ctrl-C. Everything is stopped and removed on exit.
 
 ``--once``: wait until every bundled profile has settled (seccomp Installed on both nodes; AppArmor Installed on
-the AppArmor node, Error on the other), print the table once, clean up, exit 0 (1 on timeout).
+the AppArmor node, Error on the other) and the ProfileBinding has counted the pod in its status, print the table
+once, clean up, exit 0 (1 on timeout).
 ``--duration N``: the live table for N seconds, then clean up.
 """
 
@@ -25,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,12 +45,18 @@ from typing import Any, Final, TextIO
 
 import yaml
 
-from secprofiles import deploy
+from secprofiles import binding, deploy
 from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary, repo_root, sigterm_as_keyboard_interrupt
-from secprofiles.devcluster_clients import create_node, ensure_namespace, service_account_kubeconfig
+from secprofiles.devcluster_clients import create_node, service_account_kubeconfig
 
 GROUP: Final = "/apis/secprofiles.io/v1alpha1"
 DEMO_NAMESPACE: Final = "demo"
+DEMO_BINDING: Final = "demo-prevent-chmod"
+BOUND_PROFILE: Final = "prevent-chmod"
+#: The webhook's namespaceSelector (manifests/base/webhook.yaml) matches namespaces with this label.
+BINDING_LABEL: Final = {"secprofiles.io/binding": "enabled"}
+#: From the demo binding's apply until the webhook binds a pod (the bound profile Installed on both nodes first).
+BIND_TIMEOUT: Final = 60.0
 TAINT: Final = {"key": "secprofiles.io/not-ready", "value": "", "effect": "NoSchedule"}
 APPARMOR_NODE: Final = "sandbox-apparmor"
 SECCOMP_NODE: Final = "sandbox-seccomp"
@@ -50,6 +64,7 @@ SECCOMP_NODE: Final = "sandbox-seccomp"
 SANDBOX_KINDS: Final = ("CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole",
                         "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy",
                         "ValidatingAdmissionPolicyBinding")
+WEBHOOK_KIND: Final = "MutatingWebhookConfiguration"
 AGENT_USER: Final = f"system:serviceaccount:{deploy.NAMESPACE}:secprofiles-agent"
 
 
@@ -122,13 +137,30 @@ class Sandbox:
     nodes: list[Node] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    demo_pod: dict[str, Any] | None = None  # as the API server stored it, after the webhook
+
+    def check_processes(self) -> None:
+        """Raise if any process has exited."""
+        for proc in self.processes:
+            proc.check()
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def install_manifests(cluster: DevCluster) -> None:
-    """Server-side apply the kubelet-free part of manifests/ (rendered by kustomize when available)."""
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the webhook: its URL must be registered before the operator starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def install_manifests(cluster: DevCluster, webhook_port: int) -> str:
+    """Server-side apply the kubelet-free part of manifests/ (rendered by kustomize when available).
+
+    The webhook configuration is applied with its Service replaced by ``https://127.0.0.1:<webhook_port>``;
+    returns its name (the operator injects its CA there).
+    """
     manifests = repo_root() / "manifests/base"
     if deploy.kustomize_command() is not None:
         objects = deploy.render(manifests)
@@ -137,9 +169,14 @@ def install_manifests(cluster: DevCluster) -> None:
         objects = deploy.render_resources(manifests)
         how = "the resources of the kustomization, untransformed (neither kubectl nor kustomize installed)"
     chosen = deploy.select(objects, SANDBOX_KINDS)
-    say(f"applying {len(chosen)} of {len(objects)} objects of manifests/base ({how}): "
-        + ", ".join(sorted({o['kind'] for o in chosen})))
-    deploy.apply(cluster, chosen, field_manager="secprofiles-sandbox")
+    hooks = [deploy.loopback_webhooks(config, webhook_port) for config in deploy.select(objects, [WEBHOOK_KIND])]
+    if len(hooks) != 1:
+        raise RuntimeError(f"manifests/base has {len(hooks)} {WEBHOOK_KIND}s, the sandbox expects one")
+    say(f"applying {len(chosen) + 1} of {len(objects)} objects of manifests/base ({how}): "
+        + ", ".join(sorted({o['kind'] for o in chosen} | {WEBHOOK_KIND}))
+        + f" (its Service replaced by https://127.0.0.1:{webhook_port})")
+    deploy.apply(cluster, [*chosen, *hooks], field_manager="secprofiles-sandbox")
+    return str(hooks[0]["metadata"]["name"])
 
 
 def bundled_profiles() -> list[dict[str, Any]]:
@@ -154,21 +191,62 @@ def bundled_profiles() -> list[dict[str, Any]]:
     return found
 
 
-def demo_objects() -> list[dict[str, Any]]:
-    """A ProfileBinding and a pod that uses prevent-chmod directly (the sandbox does not serve the webhook yet)."""
-    binding = {"apiVersion": "secprofiles.io/v1alpha1", "kind": "ProfileBinding",
-               "metadata": {"name": "demo-prevent-chmod", "namespace": DEMO_NAMESPACE},
-               "spec": {"profileRef": {"kind": "SeccompProfile", "name": "prevent-chmod"},
-                        "selector": {"matchLabels": {"app": "demo"}}}}
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "demo", "namespace": DEMO_NAMESPACE, "labels": {"app": "demo"}},
-           "spec": {"automountServiceAccountToken": False, "nodeName": SECCOMP_NODE,
-                    "tolerations": [{"operator": "Exists"}],
-                    "containers": [{"name": "demo", "image": "busybox", "command": ["sleep", "infinity"],
-                                    "securityContext": {"seccompProfile": {
-                                        "type": "Localhost",
-                                        "localhostProfile": f"secprofiles/{DEMO_NAMESPACE}/prevent-chmod.json"}}}]}}
-    return [binding, pod]
+def demo_namespace() -> dict[str, Any]:
+    """The demo namespace, labelled so the binding webhook serves it."""
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE, "labels": BINDING_LABEL}}
+
+
+def demo_binding() -> dict[str, Any]:
+    """A ProfileBinding of prevent-chmod to the pods labelled ``app: demo``."""
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "ProfileBinding",
+            "metadata": {"name": DEMO_BINDING, "namespace": DEMO_NAMESPACE},
+            "spec": {"profileRef": {"kind": "SeccompProfile", "name": BOUND_PROFILE},
+                     "selector": {"matchLabels": {"app": "demo"}}}}
+
+
+def demo_pod() -> dict[str, Any]:
+    """A pod labelled ``app: demo`` that sets no seccomp profile: the webhook adds the one its binding names."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "demo", "namespace": DEMO_NAMESPACE, "labels": {"app": "demo"}},
+            "spec": {"automountServiceAccountToken": False, "nodeName": SECCOMP_NODE,
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "demo", "image": "busybox", "command": ["sleep", "infinity"]}]}}
+
+
+def is_bound(pod: Mapping[str, Any]) -> bool:
+    """Whether the webhook bound ``pod``: it carries the secprofiles.io/profiles annotation."""
+    return binding.PROFILES_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
+
+
+def create_bound_pod(sandbox: Sandbox, timeout: float) -> dict[str, Any]:
+    """Create the demo pod once the webhook binds it; return it as stored.
+
+    Until the bound profile is Installed on every node, the webhook admits the pod unbound with a warning;
+    until the operator serves with its CA injected (or while its watch has not seen the binding or the
+    profile's status), failurePolicy Ignore admits it unbound silently. So: wait for Installed, then dry runs
+    (the webhook is called, nothing is stored or counted) until one comes back bound, then the real create.
+    """
+    cluster, deadline = sandbox.cluster, time.monotonic() + timeout
+    profile = next(p for p in sandbox.profiles if p["kind"] == "SeccompProfile"
+                   and p["metadata"]["name"] == BOUND_PROFILE)
+    say(f"waiting until SeccompProfile {DEMO_NAMESPACE}/{BOUND_PROFILE} is Installed and the webhook binds a "
+        "dry-run pod")
+    while True:
+        sandbox.check_processes()
+        status = cluster.get(deploy.item_path(profile)).get("status") or {}
+        if status.get("phase") == "Installed":
+            probe = deploy.apply(cluster, [demo_pod()], field_manager="secprofiles-sandbox", dry_run=True)[0]
+            if is_bound(probe):
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the webhook did not bind a dry-run demo pod within {timeout:.0f}s "
+                               f"(SeccompProfile {DEMO_NAMESPACE}/{BOUND_PROFILE} is {status.get('phase') or '-'}; "
+                               f"see {sandbox.base / 'logs'})")
+        time.sleep(0.2)
+    pod: dict[str, Any] = deploy.apply(cluster, [demo_pod()], field_manager="secprofiles-sandbox")[0]
+    if not is_bound(pod):  # e.g. the operator stopped serving right after the probe
+        raise RuntimeError(f"pod {DEMO_NAMESPACE}/demo was admitted without its binding")
+    return pod
 
 
 def start(base: Path) -> Sandbox:
@@ -179,19 +257,25 @@ def start(base: Path) -> Sandbox:
     sandbox = Sandbox(base=base, cluster=cluster)
     say("starting etcd + kube-apiserver + kube-controller-manager")
     cluster.start()
-    install_manifests(cluster)
-    ensure_namespace(cluster, DEMO_NAMESPACE)
+    # Registered before the operator starts: it injects its CA at startup (then only every refresh interval).
+    webhook_port = free_port()
+    config_name = install_manifests(cluster, webhook_port)
+    deploy.apply(cluster, [demo_namespace()], field_manager="secprofiles-sandbox")
 
     operator = service_account_kubeconfig(cluster, deploy.NAMESPACE, "secprofiles-operator",
                                           path=base / "operator.kubeconfig")
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
     proc = Process("operator", [sys.executable, "-m", "secprofiles.controller", "--kubeconfig",
-                                str(operator.kubeconfig), "--metrics-port", "0", "--liveness", ""],
+                                str(operator.kubeconfig), "--metrics-port", "0", "--liveness", "",
+                                "--webhook-port", str(webhook_port), "--webhook-host", "127.0.0.1",
+                                "--cert-dir", str(base / "certs"), "--webhook-config-name", config_name],
                    logs / "operator.log")
     sandbox.processes.append(proc)
     proc.start()
-    say(f"operator running as {operator.username} (log {proc.log})")
+    say(f"operator running as {operator.username} (log {proc.log}), serving the pod-binding webhook on "
+        f"https://127.0.0.1:{webhook_port} (certificate in Secret {deploy.NAMESPACE}/secprofiles-webhook-tls, "
+        f"CA injected into MutatingWebhookConfiguration {config_name})")
 
     for name, apparmor in ((APPARMOR_NODE, True), (SECCOMP_NODE, False)):
         node = Node(name, base / "nodes" / name / "host", apparmor)
@@ -222,10 +306,13 @@ def start(base: Path) -> Sandbox:
         if time.monotonic() > deadline:  # the service-account controller creates it; pods need it
             raise TimeoutError(f"no default service account in namespace {DEMO_NAMESPACE}")
         time.sleep(0.1)
-    for obj in demo_objects():
-        deploy.apply(cluster, [obj], field_manager="secprofiles-sandbox")
-    say(f"applied ProfileBinding {DEMO_NAMESPACE}/demo-prevent-chmod and pod {DEMO_NAMESPACE}/demo "
-        "(localhostProfile secprofiles/demo/prevent-chmod.json)")
+    deploy.apply(cluster, [demo_binding()], field_manager="secprofiles-sandbox")
+    say(f"applied ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING} (SeccompProfile {BOUND_PROFILE} for pods "
+        "labelled app=demo)")
+    sandbox.demo_pod = create_bound_pod(sandbox, BIND_TIMEOUT)
+    context = sandbox.demo_pod["spec"]["containers"][0].get("securityContext") or {}
+    say(f"created pod {DEMO_NAMESPACE}/demo without a seccomp profile; the webhook set "
+        f"seccompProfile {json.dumps(context.get('seccompProfile'))}")
     return sandbox
 
 
@@ -308,6 +395,26 @@ def format_table(sandbox: Sandbox, rows: list[Row]) -> str:
     return f"{text}\n(file paths are inside each node's host root - {roots}; AppArmor: the simulated kernel's list)"
 
 
+def bound_pods(sandbox: Sandbox) -> int | None:
+    """The demo ProfileBinding's ``status.boundPods`` (None until the operator wrote it)."""
+    status, raw = sandbox.cluster.request("GET", deploy.item_path(demo_binding()))
+    count = ((json.loads(raw).get("status") or {}).get("boundPods")) if status == 200 else None
+    return int(count) if count is not None else None
+
+
+def format_binding(sandbox: Sandbox, count: int | None) -> str:
+    """What the webhook gave the demo pod (which sets no profile itself), and the binding's count."""
+    pod = sandbox.demo_pod or {}
+    lines = [f"pod {DEMO_NAMESPACE}/demo (its manifest sets no seccomp profile), as admitted through the webhook:"]
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        profile = (container.get("securityContext") or {}).get("seccompProfile")
+        lines.append(f"  containers[{container['name']}].securityContext.seccompProfile: {json.dumps(profile)}")
+    annotation = ((pod.get("metadata") or {}).get("annotations") or {}).get(binding.PROFILES_ANNOTATION)
+    lines.append(f"  metadata.annotations[{binding.PROFILES_ANNOTATION}]: {annotation}")
+    lines.append(f"ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING}: boundPods {'-' if count is None else count}")
+    return "\n".join(lines)
+
+
 def settled(sandbox: Sandbox, rows: list[Row]) -> bool:
     """Every seccomp profile Installed on every node; AppArmor Installed where AppArmor is, Error elsewhere."""
     for row in rows:
@@ -335,14 +442,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             deadline = time.monotonic() + (args.timeout if args.once else args.duration or float("inf"))
             shown = ""
             while True:
-                for proc in sandbox.processes:
-                    proc.check()
+                sandbox.check_processes()
                 rows = table(sandbox)
-                text = format_table(sandbox, rows)
+                count = bound_pods(sandbox)
+                text = f"{format_table(sandbox, rows)}\n\n{format_binding(sandbox, count)}"
                 if args.once:
-                    if settled(sandbox, rows):
+                    if settled(sandbox, rows) and count:
                         print(text, file=out, flush=True)
-                        say("all bundled profiles settled")
+                        say("all bundled profiles settled; the ProfileBinding counted its pod")
                         break
                 elif text != shown:
                     print(("\x1b[H\x1b[J" if live else "\n") + text, file=out, flush=True)
@@ -352,7 +459,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 if time.monotonic() > deadline:
                     if args.once:
                         print(text, file=out, flush=True)
-                        say(f"timed out after {args.timeout:.0f}s: not every profile settled")
+                        say(f"timed out after {args.timeout:.0f}s: not every profile settled, "
+                            "or the ProfileBinding did not count its pod")
                         code = 1
                     break
                 time.sleep(1)
@@ -371,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m secprofiles.sandbox", description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
-                      help="wait until every bundled profile settled, print the table once, clean up and exit")
+                      help="wait until every bundled profile settled and the demo binding counted its pod, "
+                           "print the table once, clean up and exit")
     mode.add_argument("--duration", type=float, default=None, help="run for N seconds, then clean up")
     parser.add_argument("--timeout", type=float, default=120.0, help="--once: give up after this many seconds")
     parser.add_argument("--dir", default=None, help="the sandbox directory (default: a new temporary one)")

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from secprofiles import deploy
 from secprofiles.devcluster import ApiError as DevClusterApiError
 from secprofiles.kubeapi import ApiError, Credentials, KubeApi, resource_path
 
@@ -46,19 +47,15 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], timeout: float = 20
 
 def webhook_config(port: int, *, path_prefix: str = "", ca_bundle: str | None = None,
                    failure_policy: str | None = None) -> dict[str, Any]:
-    """manifests/base/webhook.yaml, with each webhook's Service replaced by a server on 127.0.0.1:``port``.
+    """manifests/base/webhook.yaml, its Services replaced by a server on 127.0.0.1:``port`` (deploy.loopback_webhooks).
 
-    Nothing else of the shipped policy changes, except ``failure_policy`` when given (an overlay's choice).
-    ``path_prefix`` goes before the Service's path (tests tell registrations apart by it); ``ca_bundle`` is
-    base64 PEM (without it the operator injects its own CA).
+    ``failure_policy``, when given, replaces the shipped one (an overlay's choice); see
+    :func:`deploy.loopback_webhooks` for ``path_prefix`` and ``ca_bundle``.
     """
-    config: dict[str, Any] = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
-    for webhook in config["webhooks"]:
-        client: dict[str, Any] = {"url": f"https://127.0.0.1:{port}{path_prefix}{webhook['clientConfig']['service']['path']}"}
-        if ca_bundle:
-            client["caBundle"] = ca_bundle
-        webhook["clientConfig"] = client
-        if failure_policy:
+    shipped = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
+    config = deploy.loopback_webhooks(shipped, port, path_prefix=path_prefix, ca_bundle=ca_bundle)
+    if failure_policy:
+        for webhook in config["webhooks"]:
             webhook["failurePolicy"] = failure_policy
     return config
 

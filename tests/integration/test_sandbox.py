@@ -1,18 +1,45 @@
 """``make sandbox`` in its short mode: ``python -m secprofiles.sandbox --once`` starts its own control plane,
-operator and two agents, waits until every bundled profile settled, prints the table, cleans up, exits 0."""
+operator (serving the pod-binding webhook) and two agents, waits until every bundled profile settled and the demo
+ProfileBinding counted the pod the webhook bound, prints the table, cleans up, exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from secprofiles import profiles, sandbox
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.controlplane
+
+
+def _field(output: str, label: str) -> object:
+    """The JSON value printed after ``label`` on its own line of the sandbox's output."""
+    line = next(line for line in output.splitlines() if line.strip().startswith(label))
+    return json.loads(line.split(": ", 1)[1])
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes (other than this one) that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        if cmdline.parent.name == str(os.getpid()):
+            continue
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # exited meanwhile
+            continue
+        if text in argv:
+            found.append(argv)
+    return found
 
 
 def test_sandbox_once_settles_every_bundled_profile_and_cleans_up(devcluster: object, tmp_path: Path) -> None:
@@ -34,5 +61,24 @@ def test_sandbox_once_settles_every_bundled_profile_and_cleans_up(devcluster: ob
     deny_write = lines["apparmor/k8s-apparmor-example-deny-write"]
     assert "Installed [loaded (enforce)]" in deny_write and "Error: AppArmor not enabled on node" in deny_write
     assert "applied ProfileBinding demo/demo-prevent-chmod" in result.stderr
+
+    # Bound by the webhook: the pod the sandbox sends sets no seccomp profile, the stored one has the binding's,
+    # recorded with the content hash of profiles/seccomp/prevent-chmod.yaml as rendered.
+    assert "seccompProfile" not in json.dumps(sandbox.demo_pod())
+    assert _field(table, "containers[demo].securityContext.seccompProfile:") == {
+        "type": "Localhost", "localhostProfile": "secprofiles/demo/prevent-chmod.json"}
+    rendered = profiles.evaluate_sync(yaml.safe_load((REPO / "profiles/seccomp/prevent-chmod.yaml").read_text())).rendered
+    assert rendered is not None
+    assert _field(table, "metadata.annotations[secprofiles.io/profiles]:") == {
+        "demo": [f"SeccompProfile/demo/prevent-chmod@{rendered.content_hash}"]}
+    assert "ProfileBinding demo/demo-prevent-chmod: boundPods 1" in table
+    assert "created pod demo/demo without a seccomp profile" in result.stderr
+
+    # Clean-up: the directory, every process started under it (control plane, operator, agents), the webhook port.
     assert not base.exists(), "the sandbox removes its directory"
     assert "devcluster: stopped" in result.stderr
+    assert not _processes_mentioning(str(base)), _processes_mentioning(str(base))
+    port = re.search(r"serving the pod-binding webhook on https://127\.0\.0\.1:(\d+)", result.stderr)
+    assert port, result.stderr[-4000:]
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(port[1]))) != 0, "the webhook port is still served"
