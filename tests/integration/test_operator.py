@@ -178,13 +178,72 @@ async def test_in_use_profile_is_kept_until_its_pods_are_gone(api: KubeApi) -> N
     await wait_for(lambda: _gone(api, "guarded"), 10, what="guarded to be deleted")
 
 
-async def _with_finalizer(api: KubeApi, name: str) -> dict[str, Any] | None:
-    obj = await api.get(resource_path("SeccompProfile", NS, name))
+async def _with_finalizer(api: KubeApi, name: str, kind: str = "SeccompProfile",
+                          namespace: str | None = NS) -> dict[str, Any] | None:
+    obj = await api.get(resource_path(kind, namespace, name))
     return obj if obj and FINALIZER in obj["metadata"].get("finalizers", []) else None
 
 
-async def _gone(api: KubeApi, name: str) -> bool:
-    return await api.get(resource_path("SeccompProfile", NS, name)) is None
+async def _gone(api: KubeApi, name: str, kind: str = "SeccompProfile", namespace: str | None = NS) -> bool:
+    return await api.get(resource_path(kind, namespace, name)) is None
+
+
+def apparmor(name: str) -> dict[str, Any]:
+    """An AppArmorProfile whose policy (the deny-write seed) defines a profile of the object's name."""
+    seed = (Path(__file__).parents[1] / "data/seeds/deny-write.profile").read_text()
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "AppArmorProfile", "metadata": {"name": name},
+            "spec": {"policy": seed.replace("k8s-apparmor-example-deny-write", name)}}
+
+
+def pod(name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod with one plain container "c", ``spec`` merged over it."""
+    return {"metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
+            "spec": {"automountServiceAccountToken": False, "containers": [{"name": "c", "image": "busybox"}],
+                     **spec}}
+
+
+def _seccomp_ref(profile: str) -> dict[str, Any]:
+    return {"seccompProfile": {"type": "Localhost", "localhostProfile": f"secprofiles/{NS}/{profile}.json"}}
+
+
+# Every way a pod can reference a profile other than the container-level seccomp field tested above.
+IN_USE_FORMS = [
+    pytest.param("AppArmorProfile", lambda p: pod("user", {"securityContext": {
+        "appArmorProfile": {"type": "Localhost", "localhostProfile": p}}}), id="apparmor-pod-field"),
+    # The API server (v1.34) copies this annotation into the container's appArmorProfile field on create and
+    # forbids adding it later, so a stored pod never carries the annotation alone; podrefs' annotation parsing
+    # by itself is unit-tested (test_operator_logic.py).
+    pytest.param("AppArmorProfile", lambda p: pod("user", {}, annotations={
+        "container.apparmor.security.beta.kubernetes.io/c": f"localhost/{p}"}), id="apparmor-legacy-annotation"),
+    pytest.param("SeccompProfile", lambda p: pod("user", {"securityContext": _seccomp_ref(p)}),
+                 id="seccomp-pod-level"),
+    pytest.param("SeccompProfile", lambda p: pod("user", {"initContainers": [
+        {"name": "init", "image": "busybox", "securityContext": _seccomp_ref(p)}]}), id="seccomp-init-container-only"),
+]
+
+
+@pytest.mark.parametrize(("kind", "user_pod"), IN_USE_FORMS)
+async def test_in_use_protection_covers_every_reference_form(
+        api: KubeApi, kind: str, user_pod: Callable[[str], dict[str, Any]]) -> None:
+    await create_node(api, "node-1")
+    name, namespace = "referenced", NS if kind == "SeccompProfile" else None
+    body = seccomp(name) if kind == "SeccompProfile" else apparmor(name)
+    await api.create(resource_path(kind, namespace), body)
+    await wait_status(api, name, lambda s: s.get("contentHash"), kind=kind, namespace=namespace)
+    await wait_for(lambda: _with_finalizer(api, name, kind, namespace), what=f"finalizer on {name}")
+    await api.create(f"/api/v1/namespaces/{NS}/pods", user_pod(name))
+    # A pod that references nothing must not hold the profile: it outlives the profile below.
+    await api.create(f"/api/v1/namespaces/{NS}/pods", pod("bystander", {}))
+    await api.delete(resource_path(kind, namespace, name))
+    status = await wait_status(api, name, lambda s: s.get("phase") == "Terminating", kind=kind, namespace=namespace)
+    assert status["inUseBy"] == {"count": 1, "pods": [f"{NS}/user"]}
+    assert status["conditions"][0]["message"] == f"deletion waits for 1 pod(s) that reference it: {NS}/user"
+    held = await api.get(resource_path(kind, namespace, name))
+    assert held is not None and "deletionTimestamp" in held["metadata"]
+    assert held["metadata"]["finalizers"] == [FINALIZER]
+    await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/user", params={"gracePeriodSeconds": "0"})
+    await wait_for(lambda: _gone(api, name, kind, namespace), 10, what=f"{name} to be deleted")
+    assert await api.get(f"/api/v1/namespaces/{NS}/pods/bystander") is not None
 
 
 async def test_base_profile_change_rerenders_dependents(api: KubeApi) -> None:
