@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from secprofiles import nodereport
+from secprofiles.agent.reporter import Reporter
 from secprofiles.controller.reconciler import FINALIZER
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from secprofiles.nodereport import Entry
 from tests.integration.kube import (
     create_node,
     delete_everything,
@@ -125,6 +127,53 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     assert "node-3: disk full" in status["conditions"][0]["message"]
     await api.delete("/api/v1/nodes/node-3")
     status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
+
+
+async def test_node_status_is_garbage_collected_with_its_node_and_leaves_the_counts(api: KubeApi) -> None:
+    """The agent's own Reporter writes the NodeProfileStatus (owned by the Node); deleting the Node lets the
+    garbage collector delete it, the node leaves the counts, and a Node re-created under the same name starts
+    from a fresh report rather than the dead node's."""
+    await create_node(api, "node-1")
+    doomed = await create_node(api, "node-gc")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("collected"))
+    content = (await wait_status(api, "collected", lambda s: s.get("contentHash")))["contentHash"]
+    key = nodereport.seccomp_key(NS, "collected")
+    for node, entry in (("node-1", Entry(content, nodereport.INSTALLED)),
+                        ("node-gc", Entry(content, nodereport.ERROR, "disk full"))):
+        reporter = Reporter(api, node)
+        await reporter.ensure_object()
+        reporter.set(key, entry)
+        await reporter.flush()
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Error")
+    assert status["failedNodes"] == [{"node": "node-gc", "message": "disk full"}]
+    report_path = resource_path("NodeProfileStatus", name="node-gc")
+    written = await api.get(report_path)
+    assert written is not None and written["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "node-gc", "uid": doomed["metadata"]["uid"]}]
+
+    await api.delete("/api/v1/nodes/node-gc")
+
+    async def collected() -> bool:
+        return await api.get(report_path) is None
+
+    # The garbage collector learns a new CRD's resources on its periodic discovery resync: allow for one.
+    await wait_for(collected, 90, what="garbage collection of node-gc's NodeProfileStatus")
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 1, "installed": 1, "failed": 0}
+    assert status["failedNodes"] == []
+
+    reborn = await create_node(api, "node-gc")
+    status = await wait_status(api, "collected", lambda s: s["nodes"]["desired"] == 2)
+    assert status["phase"] == "Installing" and status["failedNodes"] == []
+    reporter = Reporter(api, "node-gc")
+    await reporter.ensure_object()
+    assert reporter.entries() == {}  # nothing inherited from the dead node
+    fresh = await api.get(report_path)
+    assert fresh is not None and fresh["metadata"]["ownerReferences"][0]["uid"] == reborn["metadata"]["uid"]
+    reporter.set(key, Entry(content, nodereport.INSTALLED))
+    await reporter.flush()
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Installed")
     assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
 
 
