@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from secprofiles import nodereport
+from secprofiles.agent.reporter import Reporter
 from secprofiles.controller.reconciler import FINALIZER
 from secprofiles.devcluster import DevCluster
 from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from secprofiles.nodereport import Entry
 from tests.integration.kube import (
     create_node,
     delete_everything,
@@ -140,6 +142,53 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
 
 
+async def test_node_status_is_garbage_collected_with_its_node_and_leaves_the_counts(api: KubeApi) -> None:
+    """The agent's own Reporter writes the NodeProfileStatus (owned by the Node); deleting the Node lets the
+    garbage collector delete it, the node leaves the counts, and a Node re-created under the same name starts
+    from a fresh report rather than the dead node's."""
+    await create_node(api, "node-1")
+    doomed = await create_node(api, "node-gc")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("collected"))
+    content = (await wait_status(api, "collected", lambda s: s.get("contentHash")))["contentHash"]
+    key = nodereport.seccomp_key(NS, "collected")
+    for node, entry in (("node-1", Entry(content, nodereport.INSTALLED)),
+                        ("node-gc", Entry(content, nodereport.ERROR, "disk full"))):
+        reporter = Reporter(api, node)
+        await reporter.ensure_object()
+        reporter.set(key, entry)
+        await reporter.flush()
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Error")
+    assert status["failedNodes"] == [{"node": "node-gc", "message": "disk full"}]
+    report_path = resource_path("NodeProfileStatus", name="node-gc")
+    written = await api.get(report_path)
+    assert written is not None and written["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "node-gc", "uid": doomed["metadata"]["uid"]}]
+
+    await api.delete("/api/v1/nodes/node-gc")
+
+    async def collected() -> bool:
+        return await api.get(report_path) is None
+
+    # The garbage collector learns a new CRD's resources on its periodic discovery resync: allow for one.
+    await wait_for(collected, 90, what="garbage collection of node-gc's NodeProfileStatus")
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 1, "installed": 1, "failed": 0}
+    assert status["failedNodes"] == []
+
+    reborn = await create_node(api, "node-gc")
+    status = await wait_status(api, "collected", lambda s: s["nodes"]["desired"] == 2)
+    assert status["phase"] == "Installing" and status["failedNodes"] == []
+    reporter = Reporter(api, "node-gc")
+    await reporter.ensure_object()
+    assert reporter.entries() == {}  # nothing inherited from the dead node
+    fresh = await api.get(report_path)
+    assert fresh is not None and fresh["metadata"]["ownerReferences"][0]["uid"] == reborn["metadata"]["uid"]
+    reporter.set(key, Entry(content, nodereport.INSTALLED))
+    await reporter.flush()
+    status = await wait_status(api, "collected", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
+
+
 async def test_invalid_profile_is_error_and_never_sent_to_nodes(api: KubeApi) -> None:
     await create_node(api, "node-1")
     bad = seccomp("typo", syscalls=[{"names": ["chmod", "chmodat"], "action": "SCMP_ACT_ERRNO"}])
@@ -190,13 +239,72 @@ async def test_in_use_profile_is_kept_until_its_pods_are_gone(api: KubeApi) -> N
     await wait_for(lambda: _gone(api, "guarded"), 10, what="guarded to be deleted")
 
 
-async def _with_finalizer(api: KubeApi, name: str) -> dict[str, Any] | None:
-    obj = await api.get(resource_path("SeccompProfile", NS, name))
+async def _with_finalizer(api: KubeApi, name: str, kind: str = "SeccompProfile",
+                          namespace: str | None = NS) -> dict[str, Any] | None:
+    obj = await api.get(resource_path(kind, namespace, name))
     return obj if obj and FINALIZER in obj["metadata"].get("finalizers", []) else None
 
 
-async def _gone(api: KubeApi, name: str) -> bool:
-    return await api.get(resource_path("SeccompProfile", NS, name)) is None
+async def _gone(api: KubeApi, name: str, kind: str = "SeccompProfile", namespace: str | None = NS) -> bool:
+    return await api.get(resource_path(kind, namespace, name)) is None
+
+
+def apparmor(name: str) -> dict[str, Any]:
+    """An AppArmorProfile whose policy (the deny-write seed) defines a profile of the object's name."""
+    seed = (Path(__file__).parents[1] / "data/seeds/deny-write.profile").read_text()
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "AppArmorProfile", "metadata": {"name": name},
+            "spec": {"policy": seed.replace("k8s-apparmor-example-deny-write", name)}}
+
+
+def pod(name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod with one plain container "c", ``spec`` merged over it."""
+    return {"metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
+            "spec": {"automountServiceAccountToken": False, "containers": [{"name": "c", "image": "busybox"}],
+                     **spec}}
+
+
+def _seccomp_ref(profile: str) -> dict[str, Any]:
+    return {"seccompProfile": {"type": "Localhost", "localhostProfile": f"secprofiles/{NS}/{profile}.json"}}
+
+
+# Every way a pod can reference a profile other than the container-level seccomp field tested above.
+IN_USE_FORMS = [
+    pytest.param("AppArmorProfile", lambda p: pod("user", {"securityContext": {
+        "appArmorProfile": {"type": "Localhost", "localhostProfile": p}}}), id="apparmor-pod-field"),
+    # The API server (v1.34) copies this annotation into the container's appArmorProfile field on create and
+    # forbids adding it later, so a stored pod never carries the annotation alone; podrefs' annotation parsing
+    # by itself is unit-tested (test_operator_logic.py).
+    pytest.param("AppArmorProfile", lambda p: pod("user", {}, annotations={
+        "container.apparmor.security.beta.kubernetes.io/c": f"localhost/{p}"}), id="apparmor-legacy-annotation"),
+    pytest.param("SeccompProfile", lambda p: pod("user", {"securityContext": _seccomp_ref(p)}),
+                 id="seccomp-pod-level"),
+    pytest.param("SeccompProfile", lambda p: pod("user", {"initContainers": [
+        {"name": "init", "image": "busybox", "securityContext": _seccomp_ref(p)}]}), id="seccomp-init-container-only"),
+]
+
+
+@pytest.mark.parametrize(("kind", "user_pod"), IN_USE_FORMS)
+async def test_in_use_protection_covers_every_reference_form(
+        api: KubeApi, kind: str, user_pod: Callable[[str], dict[str, Any]]) -> None:
+    await create_node(api, "node-1")
+    name, namespace = "referenced", NS if kind == "SeccompProfile" else None
+    body = seccomp(name) if kind == "SeccompProfile" else apparmor(name)
+    await api.create(resource_path(kind, namespace), body)
+    await wait_status(api, name, lambda s: s.get("contentHash"), kind=kind, namespace=namespace)
+    await wait_for(lambda: _with_finalizer(api, name, kind, namespace), what=f"finalizer on {name}")
+    await api.create(f"/api/v1/namespaces/{NS}/pods", user_pod(name))
+    # A pod that references nothing must not hold the profile: it outlives the profile below.
+    await api.create(f"/api/v1/namespaces/{NS}/pods", pod("bystander", {}))
+    await api.delete(resource_path(kind, namespace, name))
+    status = await wait_status(api, name, lambda s: s.get("phase") == "Terminating", kind=kind, namespace=namespace)
+    assert status["inUseBy"] == {"count": 1, "pods": [f"{NS}/user"]}
+    assert status["conditions"][0]["message"] == f"deletion waits for 1 pod(s) that reference it: {NS}/user"
+    held = await api.get(resource_path(kind, namespace, name))
+    assert held is not None and "deletionTimestamp" in held["metadata"]
+    assert held["metadata"]["finalizers"] == [FINALIZER]
+    await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/user", params={"gracePeriodSeconds": "0"})
+    await wait_for(lambda: _gone(api, name, kind, namespace), 10, what=f"{name} to be deleted")
+    assert await api.get(f"/api/v1/namespaces/{NS}/pods/bystander") is not None
 
 
 async def test_base_profile_change_rerenders_dependents(api: KubeApi) -> None:
