@@ -24,11 +24,13 @@ def _never_found(namespace: str, name: str) -> seccomp.Spec | None:
 
 
 async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_found,
-                   native_checks: bool = True) -> Outcome:
+                   native_checks: bool = True, validated_hash: str | None = None) -> Outcome:
     """Validate ``obj`` fully (schema, semantics, base chain) and render it if valid.
 
     With ``native_checks`` the rendering is also given to what a node uses: a seccomp filter is built with
-    libseccomp as runc builds it, AppArmor policy is compiled by ``apparmor_parser`` (when installed).
+    libseccomp as runc builds it, AppArmor policy is compiled by ``apparmor_parser`` (when installed). A rendering
+    whose hash is ``validated_hash`` (the operator's published ``status.contentHash``: it publishes one only for a
+    rendering that passed these checks) skips them, so a node agent does not repeat them for every profile.
     Nothing invalid is ever rendered: ``rendered`` is None whenever ``findings`` is not empty.
     """
     kind = obj.get("kind")
@@ -40,7 +42,7 @@ async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_fo
             meta = obj["metadata"]
             rendered: Rendered = seccomp.render(meta.get("namespace", "default"), meta["name"], obj["spec"],
                                                 bundled.with_bundled(lookup))
-            if native_checks:
+            if native_checks and rendered.content_hash != validated_hash:
                 refusal = await asyncio.to_thread(libseccomp_filter.check, rendered.content)
                 if refusal is not None:
                     return Outcome(None, (seccomp.refusal_finding(obj["spec"], refusal),))
@@ -50,7 +52,7 @@ async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_fo
             if findings:
                 return Outcome(None, tuple(findings))
             rendered = apparmor.render(obj)
-            if native_checks and apparmor_parser.available():
+            if native_checks and rendered.content_hash != validated_hash and apparmor_parser.available():
                 findings = await apparmor_parser.check(rendered.content, rendered.profile_name)
                 if findings:
                     return Outcome(None, tuple(findings))

@@ -82,3 +82,13 @@ def test_other_kinds_are_ignored() -> None:
 def test_parse_key() -> None:
     assert parse_key("seccomp/apps/a.b") == ("seccomp", "apps", "a.b")
     assert parse_key("apparmor/demo") == ("apparmor", "", "demo")
+
+
+def test_only_the_validated_content_hash_of_the_status_is_news() -> None:
+    state = DesiredState()
+    state.apply("ADDED", sp("a"))
+    validated = {**sp("a"), "status": {"contentHash": "sha256:1", "phase": "Installing", "nodes": {"installed": 0}}}
+    assert state.apply("MODIFIED", validated) == {"seccomp/apps/a"}  # now validated by the operator
+    counted = {**validated, "status": {**validated["status"], "phase": "Installed", "nodes": {"installed": 3}}}
+    assert state.apply("MODIFIED", counted) == set()  # the operator counting nodes wakes no agent
+    assert slim(counted)["status"] == {"contentHash": "sha256:1"}

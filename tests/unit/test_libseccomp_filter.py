@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -114,3 +115,14 @@ def test_answers_are_cached_by_content(content: bytes) -> None:
         assert builder._worker is worker
     finally:
         builder.close()
+
+
+def test_a_rendering_the_operator_validated_skips_the_build() -> None:
+    """Agents pass the operator's published contentHash: that exact rendering passed these checks already."""
+    refused = multiplexed_socket_rule(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"])
+    rendered = profiles.evaluate_sync(refused, native_checks=False).rendered
+    assert rendered is not None
+    trusted = asyncio.run(profiles.evaluate(refused, validated_hash=rendered.content_hash))
+    assert trusted.rendered == rendered  # what the operator vouched for (it never publishes a refused hash)
+    other = asyncio.run(profiles.evaluate(refused, validated_hash="sha256:" + "0" * 64))
+    assert other.rendered is None and other.findings

@@ -20,7 +20,7 @@ from pathlib import Path
 from secprofiles import apparmor, nodereport, profiles, schema, seccomp
 from secprofiles.agent import VERSION, endpoints, taint
 from secprofiles.agent.apparmor_loader import Loader, LoadError, SourceStore, apparmor_enabled
-from secprofiles.agent.desired import DesiredState, Object, parse_key
+from secprofiles.agent.desired import DesiredState, Object, parse_key, validated_hash
 from secprofiles.agent.files import SeccompTree, UnsafePathError
 from secprofiles.agent.reporter import Reporter, now
 from secprofiles.kubeapi import ApiError, EventHandler, KubeApi, list_and_watch, resource_path
@@ -255,7 +255,7 @@ class Agent:
         except UnsafePathError as error:
             self._report(key, nodereport.ERROR, str(error))
             return
-        outcome = await profiles.evaluate(obj, self.desired.lookup)
+        outcome = await profiles.evaluate(obj, self.desired.lookup, validated_hash=validated_hash(obj))
         rendered = outcome.rendered
         if not isinstance(rendered, seccomp.Rendered):
             # Never written; a file from an earlier valid version stays (pods using it keep starting) and the
@@ -289,7 +289,7 @@ class Agent:
             digest = outcome.rendered.content_hash if outcome.rendered else ""
             self._report(key, nodereport.ERROR, nodereport.APPARMOR_NOT_ENABLED, content_hash=digest)
             return
-        outcome = await profiles.evaluate(obj)
+        outcome = await profiles.evaluate(obj, validated_hash=validated_hash(obj))
         rendered = outcome.rendered
         if not isinstance(rendered, apparmor.Rendered):
             self._report(key, nodereport.ERROR, "; ".join(str(f) for f in outcome.findings))

@@ -17,11 +17,22 @@ Object = dict[str, Any]
 
 
 def slim(obj: Object) -> Object:
-    """Only what rendering needs (kind, name, namespace, spec): managedFields and annotations can be large."""
+    """Only what rendering needs (kind, name, namespace, spec) and the content hash the operator validated (see
+    ``validated_hash``): managedFields and annotations can be large, and other status changes are no news here."""
     meta = obj["metadata"]
     kept = {k: meta[k] for k in ("name", "namespace") if k in meta}
-    return {"apiVersion": obj.get("apiVersion", schema.API_VERSION), "kind": obj["kind"], "metadata": kept,
-            "spec": obj.get("spec", {})}
+    slimmed = {"apiVersion": obj.get("apiVersion", schema.API_VERSION), "kind": obj["kind"], "metadata": kept,
+               "spec": obj.get("spec", {})}
+    if validated := validated_hash(obj):
+        slimmed["status"] = {"contentHash": validated}
+    return slimmed
+
+
+def validated_hash(obj: Object) -> str | None:
+    """The content hash the operator published for this profile: the rendering it validated, native checks
+    (libseccomp, apparmor_parser) included."""
+    status = obj.get("status")
+    return str(status["contentHash"]) if isinstance(status, dict) and status.get("contentHash") else None
 
 
 class DesiredState:
