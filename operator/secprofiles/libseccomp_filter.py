@@ -10,6 +10,7 @@ that is killed when it takes too long; the worker exits by itself when idle, so 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -151,6 +152,14 @@ class FilterBuilder:
                 self._cache.popitem(last=False)
             return refusal
 
+    def cached(self, content: bytes) -> tuple[bool, Refusal | None]:
+        """``(True, answer)`` when ``content`` was checked before, else ``(False, None)``; never waits (callers on
+        an event loop skip the thread hop for the common case of a known rendering)."""
+        try:
+            return True, self._cache[content]  # one atomic lookup: no lock, so no wait for a running build
+        except KeyError:
+            return False, None
+
     def close(self) -> None:
         """Stop the worker (it also exits by itself when idle or when this process ends)."""
         with self._lock:
@@ -205,6 +214,12 @@ _DEFAULT = FilterBuilder()
 def check(content: bytes) -> Refusal | None:
     """Build ``content``'s filter with the process-wide builder (sync)."""
     return _DEFAULT.check(content)
+
+
+async def check_async(content: bytes) -> Refusal | None:
+    """``check`` for async callers: a known rendering is answered at once, a new one is built in a thread."""
+    known, answer = _DEFAULT.cached(content)
+    return answer if known else await asyncio.to_thread(_DEFAULT.check, content)
 
 
 def serve(idle_exit: float = WORKER_IDLE_EXIT) -> None:

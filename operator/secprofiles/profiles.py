@@ -43,7 +43,7 @@ async def evaluate(obj: schema.Object, lookup: seccomp.ProfileLookup = _never_fo
             rendered: Rendered = seccomp.render(meta.get("namespace", "default"), meta["name"], obj["spec"],
                                                 bundled.with_bundled(lookup))
             if native_checks and rendered.content_hash != validated_hash:
-                refusal = await asyncio.to_thread(libseccomp_filter.check, rendered.content)
+                refusal = await libseccomp_filter.check_async(rendered.content)
                 if refusal is not None:
                     return Outcome(None, (seccomp.refusal_finding(obj["spec"], refusal),))
             return Outcome(rendered, ())

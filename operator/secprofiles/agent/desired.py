@@ -28,6 +28,10 @@ def slim(obj: Object) -> Object:
     return slimmed
 
 
+def _without_status(obj: Object) -> Object:
+    return {k: v for k, v in obj.items() if k != "status"}
+
+
 def validated_hash(obj: Object) -> str | None:
     """The content hash the operator published for this profile: the rendering it validated, native checks
     (libseccomp, apparmor_parser) included."""
@@ -71,6 +75,9 @@ class DesiredState:
         after = None if event == "DELETED" else slim(obj)
         if before == after:
             return set()  # a relist or a metadata-only change: nothing to do
+        if before is not None and after is not None and _without_status(before) == _without_status(after):
+            self._objects[key] = after  # the operator validated the rendering: kept for the next render, no work
+            return set()
         if before is not None:
             self._index(before, add=False)
         if after is None:
