@@ -52,6 +52,10 @@ def namespace(cluster: DevCluster) -> Iterator[str]:
     ensure_namespace(cluster, name)
     yield name
     cluster.api("DELETE", f"/api/v1/namespaces/{name}", ok=(200, 202, 404))
+    # Gone before the next test: agents watch cluster-wide, and a namespace still emptying (1,000 profiles in the
+    # RSS test) would put its files on the next test's nodes.
+    eventually(lambda: cluster.request("GET", f"/api/v1/namespaces/{name}")[0] == 404, timeout=120,
+               what=f"namespace {name} deleted")
 
 
 def seccomp_profile(namespace: str, name: str, syscalls: list[str] | None = None,

@@ -95,7 +95,7 @@ class Writer:
         self.api, self.model, self.rng = api, model, rng
         self.running = asyncio.Event()
         self.changes = 0
-        self._lock = asyncio.Lock()  # one change at a time: the model must follow the server's order
+        self.lock = asyncio.Lock()  # one change at a time: the model must follow the server's order
 
     async def create_all(self) -> None:
         for i in range(PROFILES):
@@ -119,14 +119,14 @@ class Writer:
 
     async def change_base(self) -> None:
         """Change p00: every profile built on it is rewritten on the node."""
-        async with self._lock:
+        async with self.lock:
             await self._put("p00", spec(self.rng))
             await self.model.record({"p00"})
             self.changes += 1
 
     async def step(self) -> None:
         """One change: mostly a profile's syscalls (bases included, so dependents re-render), sometimes churn."""
-        async with self._lock:
+        async with self.lock:
             await self._step()
 
     async def _step(self) -> None:
@@ -255,7 +255,8 @@ async def kill_loop(api: KubeApi, agent: AgentProcess, model: Model, kills: int,
                 await asyncio.sleep(rng.uniform(0.0, 0.3))
             assert agent.running, agent.tail()
             agent.kill()
-            found = scan(agent, model)
+            async with writer.lock:  # a change the agent saw is in the model too (it records after writing)
+                found = scan(agent, model)
             files_checked += found.final
             temps_seen += len(found.temps)
             kills_mid_write += bool(found.temps - leftovers)
