@@ -378,3 +378,51 @@ async def test_two_replicas_counting_bound_pods_lose_no_update(api: KubeApi) -> 
 async def _count_is(api: KubeApi, name: str, count: int) -> dict[str, Any] | None:
     status = await _status(api, "ProfileBinding", NS, name, "boundPods") or {}
     return status if status.get("boundPods") == count else None
+
+
+async def test_the_first_pod_a_restarted_operator_admits_is_bound(api: KubeApi, operator: WebhookOperator) -> None:
+    """Kopf serves admissions once the startup handlers are done, while its watches may still be working through
+    their first listing: with 2,000 other profiles listed before the bound one, a pod admitted from that half-built
+    state would be bound to nothing. The webhook lists profiles and bindings in its startup handler instead."""
+    bulk = "aaa-bulk"  # sorts before NS: its profiles come first in the listing
+    await ensure_namespace(api, bulk)
+    semaphore = asyncio.Semaphore(16)
+
+    async def create(index: int) -> None:
+        async with semaphore:
+            body = seccomp_profile(f"bulk-{index:04}")
+            body["metadata"]["namespace"] = bulk
+            try:
+                await api.create(resource_path("SeccompProfile", bulk), body)
+            except ApiError as error:
+                if error.status != 409:  # left by an earlier run
+                    raise
+
+    await asyncio.gather(*(create(i) for i in range(2000)))
+    await api.create(resource_path("ProfileBinding", NS),
+                     binding("first", "SeccompProfile", "prevent-chmod", images=["*"]))
+    await until_bound(api, pod("before-restart"))
+    operator.stop()
+    operator.start()
+
+    async def serving() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", operator.port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    try:
+        await wait_for(serving, timeout=60, what="the restarted operator's webhook port")
+        first = await api.request("POST", resource_path("Pod", NS), pod("first-after-restart"),
+                                  params={"dryRun": "All"})
+        assert first["spec"]["containers"][0].get("securityContext", {}).get("seccompProfile") == {
+            "type": "Localhost", "localhostProfile": f"secprofiles/{NS}/prevent-chmod.json"}, operator.tail()
+    finally:
+        await api.request("DELETE", resource_path("SeccompProfile", bulk))
+
+        async def bulk_gone() -> bool:  # the operator releases its finalizers: later tests start from a small cluster
+            return not (await api.request("GET", resource_path("SeccompProfile", bulk)))["items"]
+
+        await wait_for(bulk_gone, timeout=180, what="the bulk profiles to be deleted")

@@ -169,6 +169,7 @@ def register_webhook(registry: kopf.OperatorRegistry, state: ClusterState, optio
         api = KubeApi(Credentials.auto(kubeconfig), user_agent="secprofiles-webhook")
         version = options.server_version or str((await api.request("GET", "/version"))["gitVersion"])
         runtime["apparmor_field"] = has_apparmor_field(version)
+        await seed_profiles_and_bindings(state, api)
         source: CertSource = (SelfManaged(api, options.namespace, options.secret_name, options.cert_dir,
                                           options.hosts())
                               if options.cert_source == "self" else FileSource(options.cert_dir))
@@ -225,6 +226,24 @@ def register_webhook(registry: kopf.OperatorRegistry, state: ClusterState, optio
             patch.fns.append(partial(_apply, decision.patch))
         if decision.bound and not dryrun and "writer" in runtime:
             runtime["writer"].bound(decision.bound)
+
+
+async def seed_profiles_and_bindings(state: ClusterState, api: KubeApi) -> None:
+    """List what the webhook decides from before it serves.
+
+    Kopf opens the webhook server once the startup handlers are done, while its watches may still be working
+    through their first listing (seconds, with thousands of profiles): a pod admitted from that half-built state
+    would be bound to nothing, or refused under a ``Reject`` binding. The watches replay the same objects
+    afterwards, which the state applies idempotently.
+    """
+    for kind in (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE, schema.PROFILE_BINDING):
+        listing = await api.request("GET", resource_path(kind))
+        for item in listing.get("items") or []:
+            item["kind"] = kind  # list items omit it
+            if kind == schema.PROFILE_BINDING:
+                state.apply_binding("ADDED", item)
+            else:
+                state.apply_profile("ADDED", item)
 
 
 def _apply(ops: binding.JsonPatch, body: Any) -> None:
