@@ -125,6 +125,9 @@ def _rule_refused(error: OSError) -> str:
     return f"libseccomp refuses the rule ({reason}); container runtimes would fail every container using this profile"
 
 
+_TIMED_OUT = "libseccomp did not finish building the filter"
+
+
 class FilterBuilder:
     """Builds filters in a worker process with a timeout; results are cached by the rendered bytes.
 
@@ -147,6 +150,8 @@ class FilterBuilder:
                 self._cache.move_to_end(content)
                 return self._cache[content]
             refusal = self._build(content)
+            if refusal is not None and refusal.syscall is None and refusal.reason.startswith(_TIMED_OUT):
+                return refusal  # may be the machine's load, not the filter: asked again next time
             self._cache[content] = refusal
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -181,8 +186,8 @@ class FilterBuilder:
             ready, _, _ = select.select([worker.stdout], [], [], self.timeout)
             if not ready:
                 self._stop_worker()
-                return Refusal(None, f"libseccomp did not finish building the filter within {self.timeout:g} s; "
-                                     "container runtimes would hang creating containers with this profile")
+                return Refusal(None, f"{_TIMED_OUT} within {self.timeout:g} s; container runtimes would hang "
+                                     "creating containers with this profile")
             line = worker.stdout.readline()
             if not line:  # exited between our write and its read
                 self._stop_worker()

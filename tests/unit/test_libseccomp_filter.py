@@ -85,6 +85,7 @@ def test_a_worker_that_hangs_is_killed_and_the_profile_refused() -> None:
     assert refusal is not None and "did not finish building the filter within 0.5 s" in refusal.reason
     assert time.monotonic() - started < 5
     assert builder._worker is None  # killed, not left running
+    assert builder.cached(b'{"defaultAction": "SCMP_ACT_ALLOW"}') == (False, None)  # a time-out is asked again
 
 
 def test_an_idle_worker_exits_and_the_next_check_starts_another() -> None:
