@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +22,6 @@ SECURITYFS = Path("sys/kernel/security/apparmor")
 #: Set by ``python -m bench --profile DIR``: every Python process runs under cProfile, one .prof file per start.
 PROFILE_DIR: Path | None = None
 _starts = itertools.count()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (a short race with other processes is possible; the operator would fail)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Proc:

@@ -16,6 +16,7 @@ from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
 from secprofiles import schema
+from secprofiles.devcluster import free_port
 from secprofiles.kubeapi import resource_path
 
 TARGETS_P50 = {1: 1.0, 10: 2.0, 100: 5.0}  # seconds, from the issue
@@ -49,7 +50,7 @@ async def _at(cluster: Cluster, sizes: Sizes, count: int, base: Path) -> list[Fi
     in_process = count > sizes.max_agent_processes
     procs = ([processes.fleet(cluster.kubeconfig, base, nodes, apparmor=True)] if in_process else
              [processes.agent(cluster.kubeconfig, node, base / node, apparmor=True) for node in nodes])
-    procs.append(processes.operator(cluster.kubeconfig, base / "operator.log", processes.free_port()))
+    procs.append(processes.operator(cluster.kubeconfig, base / "operator.log", free_port()))
     trackers = {schema.SECCOMP_PROFILE: Tracker(cluster.api, resource_path(schema.SECCOMP_PROFILE, namespace)),
                 schema.APPARMOR_PROFILE: Tracker(cluster.api, resource_path(schema.APPARMOR_PROFILE))}
     figures: list[Figure] = []

@@ -27,6 +27,7 @@ from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
 from secprofiles import schema
+from secprofiles.devcluster import free_port
 from secprofiles.kubeapi import resource_path
 
 OPERATOR_RSS_TARGET_MIB = 256.0
@@ -59,7 +60,7 @@ async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
     for node in nodes:
         await cluster.create(objects.node(node, tainted=False))
     fleet = processes.fleet(cluster.kubeconfig, work / "nodes", nodes, apparmor=False)
-    port = processes.free_port()
+    port = free_port()
     operator = processes.operator(cluster.kubeconfig, work / "operator.log", port)
     tracker = Tracker(cluster.api, resource_path(schema.SECCOMP_PROFILE))
     conditions = {"profiles": count, "namespaces": spaces, "nodes": node_count,

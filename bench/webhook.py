@@ -27,6 +27,7 @@ from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
 from secprofiles import deploy, schema
+from secprofiles.devcluster import free_port
 from secprofiles.kubeapi import ApiError, resource_path
 
 OPERATOR_NS = "secprofiles-system"
@@ -67,7 +68,7 @@ async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
         await cluster.namespace(_namespace(variant), HOOK_LABEL)
     node = "bench-wh-node"
     await cluster.create(objects.node(node, tainted=False))
-    port, metrics_port = processes.free_port(), processes.free_port()
+    port, metrics_port = free_port(), free_port()
     operator = processes.operator(cluster.kubeconfig, work / "operator.log", metrics_port,
                                   "--webhook-port", str(port), "--webhook-host", "127.0.0.1",
                                   "--cert-dir", str(work / "certs"), "--namespace", OPERATOR_NS,

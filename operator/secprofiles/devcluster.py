@@ -77,6 +77,8 @@ __all__ = [
     "binary_cache_path",
     "default_source_dir",
     "ensure_binary",
+    "free_port",
+    "free_ports",
     "kubernetes_version",
     "main",
     "source_key",
@@ -326,8 +328,9 @@ def write_pair(ca: CertificateAuthority, directory: Path, stem: str, common_name
 # --------------------------------------------------------------------------- processes
 
 
-def _free_ports(n: int) -> list[int]:
-    """Ask the kernel for ``n`` distinct free TCP ports on 127.0.0.1."""
+def free_ports(n: int) -> list[int]:
+    """Ask the kernel for ``n`` distinct free TCP ports on 127.0.0.1 (another process may take one before it is
+    bound: callers that can retry do)."""
     socks: list[socket.socket] = []
     try:
         for _ in range(n):
@@ -338,6 +341,11 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def free_port() -> int:
+    """One free TCP port on 127.0.0.1 (see ``free_ports``)."""
+    return free_ports(1)[0]
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -541,7 +549,7 @@ class DevCluster:
 
     def _start_once(self, binary: Path, t0: float) -> None:
         self._prepare_pki()
-        etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
+        etcd_client, etcd_peer, api_port, kcm_port = free_ports(4)
         self.etcd_url = f"http://127.0.0.1:{etcd_client}"
         self.apiserver_port = api_port
         self.controller_manager_port = kcm_port

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,14 @@ from typing import Any, Final, TextIO
 import yaml
 
 from secprofiles import binding, deploy
-from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary, repo_root, sigterm_as_keyboard_interrupt
+from secprofiles.devcluster import (
+    DevCluster,
+    DevClusterError,
+    ensure_binary,
+    free_port,
+    repo_root,
+    sigterm_as_keyboard_interrupt,
+)
 from secprofiles.devcluster_clients import create_node, service_account_kubeconfig
 
 GROUP: Final = "/apis/secprofiles.io/v1alpha1"
@@ -146,13 +152,6 @@ class Sandbox:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for the webhook: its URL must be registered before the operator starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def install_manifests(cluster: DevCluster, webhook_port: int) -> str:

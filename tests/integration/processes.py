@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from secprofiles.devcluster import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SECURITYFS = Path("sys/kernel/security/apparmor")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess:

@@ -472,7 +472,7 @@ def test_start_retries_when_a_port_is_taken(
 ) -> None:
     from secprofiles import devcluster as module
 
-    real_free_ports = module._free_ports
+    real_free_ports = module.free_ports
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
@@ -485,7 +485,7 @@ def test_start_retries_when_a_port_is_taken(
         calls.append(ports)
         return ports
 
-    monkeypatch.setattr(module, "_free_ports", free_ports)
+    monkeypatch.setattr(module, "free_ports", free_ports)
     try:
         with DevCluster(tmp_path / "retry", binary=devcluster.binary, quiet=True) as cluster:
             assert len(calls) == 2

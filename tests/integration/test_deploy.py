@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from secprofiles import deploy, profiles
-from secprofiles.devcluster import ApiError, DevCluster
+from secprofiles.devcluster import ApiError, DevCluster, free_port
 from secprofiles.devcluster_clients import create_node, delete_node, request_token, service_account_kubeconfig
 from tests.conftest import REPO, missing_install
 from tests.integration.kube import eventually
-from tests.integration.processes import AgentProcess, OperatorProcess, free_port
+from tests.integration.processes import AgentProcess, OperatorProcess
 
 pytestmark = [
     pytest.mark.controlplane,
