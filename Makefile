@@ -6,9 +6,11 @@ PYTHON ?= python3
 install:
 	./scripts/install.sh
 
+# ruff, mypy --strict, and the architecture's import contracts (pyproject.toml [tool.importlinter]).
 lint: install
-	$(PYTHON) -m ruff check operator tests bench
+	$(PYTHON) -m ruff check src devtools bench tests
 	$(PYTHON) -m mypy
+	lint-imports
 
 # Everything but the slow suites: unit tests, podman+runc enforcement, and the real control plane.
 # SECPROFILES_STRICT_INSTALL=1: a test that would skip for a missing or unusable tool fails instead (tests/conftest.py).
@@ -24,14 +26,14 @@ test-slow: install
 # The README's first command: a local control plane, the operator and two simulated nodes, live status table.
 # Ctrl-C stops and cleans up. ARGS="--once" or ARGS="--duration 60" for a short run.
 sandbox: install
-	PYTHONPATH=operator $(PYTHON) -m secprofiles.sandbox $(ARGS)
+	$(PYTHON) -m devtools.sandbox $(ARGS)
 
 # The benchmark suite of issue 8 against the real local control plane: prints the table, writes bench/results.json.
 # Takes ~25 minutes on 2 cores; run it on a quiet machine (results.json records the load average).
 bench: install
-	PYTHONPATH=operator:. $(PYTHON) -m bench $(ARGS)
+	$(PYTHON) -m bench $(ARGS)
 
 # The same benchmarks at tiny sizes (about 1-2 minutes); never overwrites bench/results.json.
 BENCH_QUICK_OUTPUT ?= $(or $(TMPDIR),/tmp)/secprofiles-bench-quick.json
 bench-quick: install
-	PYTHONPATH=operator:. $(PYTHON) -m bench --quick --output $(BENCH_QUICK_OUTPUT)
+	$(PYTHON) -m bench --quick --output $(BENCH_QUICK_OUTPUT)

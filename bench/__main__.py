@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bench import machine, node, processes, propagation, scale, webhook
 from bench.cluster import Cluster
-from bench.processes import REPO
 from bench.report import Figure, document, format_table
 from bench.sizes import FULL, QUICK, Sizes
+from devtools.commands import REPO
 
 Benchmark = Callable[[Cluster, Sizes, Path], Awaitable[list[Figure]]]
 BENCHMARKS: dict[str, Benchmark] = {

@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.objects import BENCH_LABEL, Object
-from bench.processes import REPO
-from secprofiles import schema
-from secprofiles.devcluster import DevCluster, ensure_binary
-from secprofiles.kubeapi import ApiError, Credentials, KubeApi, resource_path
+from bench.objects import BENCH_LABEL
+from devtools.build import ensure_binary
+from devtools.cluster import DevCluster
+from devtools.objects import ensure_namespace, install_crds
+from devtools.waiting import wait_for
+from secprofiles.kube.client import ApiError, Credentials, KubeApi
+from secprofiles.model import schema
+from secprofiles.objects import Object
+from secprofiles.resources import resource_path
 
-T = TypeVar("T")
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"})
-
-
-async def wait_for(probe: Callable[[], Awaitable[T | None]], within: float, what: str,
-                   interval: float = 0.1) -> T:
-    """Call ``probe`` until it returns something truthy; TimeoutError naming ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}; last seen: {str(last)[:300]}")
 
 
 class Cluster:
@@ -56,46 +43,21 @@ class Cluster:
 
     async def start(self) -> None:
         """Start etcd + kube-apiserver + kube-controller-manager and install the CRDs."""
-        await asyncio.to_thread(self.dev.start)
+        self.dev.start()  # on the main thread: its processes die with the thread that starts them
         self._api = KubeApi(Credentials.from_kubeconfig(self.dev.kubeconfig), user_agent="secprofiles-bench")
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            crd = yaml.safe_load(path.read_text())
-            name = crd["metadata"]["name"]
-            await self.api.patch(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", crd, "apply",
-                                 params={"fieldManager": "secprofiles-bench", "force": "true"})
-            await wait_for(partial(self._established, name), 30, f"CRD {name} Established")
-        for kind in (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE, schema.NODE_PROFILE_STATUS):
-            await wait_for(partial(self._served, kind), 30, f"{kind} served")
-
-    async def _established(self, name: str) -> bool:
-        crd = await self.api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or [])
-
-    async def _served(self, kind: str) -> bool:
-        try:
-            await self.api.request("GET", resource_path(kind), params={"limit": "1"})
-        except ApiError:
-            return False
-        return True
+        await install_crds(self.api)
 
     async def stop(self) -> None:
         """Close the client and stop the control plane."""
         if self._api is not None:
             await self._api.close()
-        await asyncio.to_thread(self.dev.stop)
+        self.dev.stop()
 
     # ---------------------------------------------------------------- objects
 
     async def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         """Create a namespace (if missing) with ``labels`` and wait for its default service account."""
-        try:
-            await self.api.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels or {}}})
-        except ApiError as error:
-            if error.status != 409:
-                raise
-        await wait_for(lambda: self.api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60,
-                       f"default service account in {name}")
+        await ensure_namespace(self.api, name, labels)
 
     async def create(self, obj: Object) -> Object:
         """Create one object."""
@@ -167,11 +129,8 @@ class Cluster:
 
     async def apiserver_writes(self) -> dict[str, float]:
         """``apiserver_request_total`` of write verbs, summed per ``VERB resource[/subresource]``."""
-        status, raw = await asyncio.to_thread(self.dev.request, "GET", "/metrics")
-        if status != 200:
-            raise RuntimeError(f"kube-apiserver /metrics answered {status}")
         counts: dict[str, float] = {}
-        for family in text_string_to_metric_families(raw.decode()):
+        for family in text_string_to_metric_families(await self.api.get_text("/metrics")):
             for sample in family.samples:
                 labels = sample.labels
                 if sample.name != "apiserver_request_total" or labels.get("verb") not in WRITE_VERBS:
@@ -184,10 +143,7 @@ class Cluster:
 
     async def apiserver_metric_text(self) -> str:
         """The kube-apiserver's /metrics text."""
-        status, raw = await asyncio.to_thread(self.dev.request, "GET", "/metrics")
-        if status != 200:
-            raise RuntimeError(f"kube-apiserver /metrics answered {status}")
-        return raw.decode()
+        return await self.api.get_text("/metrics")
 
 
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:

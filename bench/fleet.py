@@ -16,10 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.processes import prepare_host
+from devtools.commands import KUBELET_ROOT, prepare_host_root
 from secprofiles.agent.agent import Agent, Config
 from secprofiles.agent.apparmor_loader import RecordingLoader
-from secprofiles.kubeapi import Credentials, KubeApi
+from secprofiles.kube.client import Credentials, KubeApi
 
 
 async def run(kubeconfig: Path, base: Path, nodes: list[str], apparmor: bool) -> None:
@@ -28,8 +28,8 @@ async def run(kubeconfig: Path, base: Path, nodes: list[str], apparmor: bool) ->
             for node in nodes]
     agents = []
     for node, api in zip(nodes, apis, strict=True):
-        host = prepare_host(base / node, apparmor)
-        config = Config(node_name=node, host_root=host, kubelet_root="/var/lib/kubelet",
+        host = prepare_host_root(base / node / "host", apparmor)
+        config = Config(node_name=node, host_root=host, kubelet_root=KUBELET_ROOT,
                         state_dir=base / node / "state")
         agents.append(Agent(api, config, RecordingLoader(host) if apparmor else None))
     tasks = [asyncio.create_task(a.run(), name=a.config.node_name) for a in agents]

@@ -45,13 +45,3 @@ def facts(work_dir: Path) -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": _cpu_model(), "memory_mib": _meminfo_mib("MemTotal"),
             "kernel": platform.release(), "python": sys.version.split()[0], "platform": platform.platform(),
             "work_dir_filesystem": filesystem_of(work_dir)}
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS (resident now) and VmHWM (peak resident) of a live process, in KiB."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(value.split()[0])
-    return values

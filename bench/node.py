@@ -18,8 +18,11 @@ from bench.cluster import Cluster
 from bench.report import Figure, Reference, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
-from secprofiles import nodereport, profiles, schema
-from secprofiles.apparmor_parser import PARSER
+from devtools.processes import Process
+from secprofiles.model import nodereport, schema
+from secprofiles.model.apparmor_parser import PARSER
+from secprofiles.model.evaluate import evaluate
+from secprofiles.objects import Object
 
 RSS_TARGET_MIB, RSS_TARGET_PROFILES = 64.0, 1000
 BOOT_TARGET_S, BOOT_TARGET_PROFILES = 5.0, 1000
@@ -39,11 +42,11 @@ async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
     return figures
 
 
-def _seccomp_objects(start: int, stop: int) -> list[objects.Object]:
+def _seccomp_objects(start: int, stop: int) -> list[Object]:
     return [objects.seccomp_profile(f"bench-node-{i % NAMESPACES}", f"bench-n-{i:05d}") for i in range(start, stop)]
 
 
-async def _wait_untainted(cluster: Cluster, node: str, proc: processes.Proc) -> float:
+async def _wait_untainted(cluster: Cluster, node: str, proc: Process) -> float:
     """Seconds from the agent's fork until its Node lost the readiness taint (polled every 50 ms)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -54,8 +57,8 @@ async def _wait_untainted(cluster: Cluster, node: str, proc: processes.Proc) -> 
     raise TimeoutError(f"{node}: taint not removed after {TIMEOUT}s:\n{proc.tail()}")
 
 
-def _full_sync_seconds(proc: processes.Proc) -> float | None:
-    for record in proc.json_lines():
+def _full_sync_seconds(proc: Process) -> float | None:
+    for record in proc.json_records():
         if record.get("msg") == "full sync done":
             seconds = record.get("seconds")
             return float(seconds) if isinstance(seconds, int | float) else None
@@ -103,12 +106,12 @@ async def _bootstrap_apparmor(cluster: Cluster, sizes: Sizes, base: Path) -> lis
                  "parser_sequential_total_s": round(sum(per_profile), 3)})]
 
 
-async def _parser_reference(profile_objects: list[objects.Object], directory: Path) -> list[float]:
+async def _parser_reference(profile_objects: list[Object], directory: Path) -> list[float]:
     """``apparmor_parser -Q -K`` of each rendered policy, one after another: seconds per profile."""
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     times = []
     for obj in profile_objects:
-        outcome = await profiles.evaluate(obj, native_checks=False)
+        outcome = await evaluate(obj, native_checks=False)
         assert outcome.rendered is not None, outcome.findings
         path = directory / obj["metadata"]["name"]
         await asyncio.to_thread(path.write_bytes, outcome.rendered.content)
@@ -181,10 +184,10 @@ async def _bootstrap_seccomp(cluster: Cluster, sizes: Sizes, base: Path) -> list
         samples={"boot_s": summary.as_dict(), "agent_full_sync_s": syncs, "reference_s": round(reference, 4)})]
 
 
-async def _rendered(profile_objects: list[objects.Object]) -> list[tuple[str, str, bytes]]:
+async def _rendered(profile_objects: list[Object]) -> list[tuple[str, str, bytes]]:
     rendered = []
     for obj in profile_objects:
-        outcome = await profiles.evaluate(obj)
+        outcome = await evaluate(obj)
         assert outcome.rendered is not None, outcome.findings
         rendered.append((obj["metadata"]["namespace"], obj["metadata"]["name"], outcome.rendered.content))
     return rendered

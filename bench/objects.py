@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from secprofiles.model import nodereport, schema
+from secprofiles.objects import Object
 
-from secprofiles import nodereport, schema
-
-Object = dict[str, Any]
 BENCH_LABEL = "bench.secprofiles.io/run"
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from bench import objects, processes
 from bench.cluster import Cluster
-from bench.objects import Object
 from bench.report import Figure, Reference, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
-from secprofiles import schema
-from secprofiles.devcluster import free_port
-from secprofiles.kubeapi import resource_path
+from devtools.ports import free_port
+from secprofiles.model import schema
+from secprofiles.objects import Object
+from secprofiles.resources import resource_path
 
 TARGETS_P50 = {1: 1.0, 10: 2.0, 100: 5.0}  # seconds, from the issue
 TIMEOUT = 180.0

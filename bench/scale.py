@@ -20,15 +20,18 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import objects, processes
-from bench.cluster import Cluster, difference, wait_for
+from bench.cluster import Cluster, difference
 from bench.histogram import Histogram
 from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
-from secprofiles import schema
-from secprofiles.devcluster import free_port
-from secprofiles.kubeapi import resource_path
+from devtools.ports import free_port
+from devtools.processes import Process
+from devtools.waiting import wait_for
+from secprofiles.model import schema
+from secprofiles.objects import Object
+from secprofiles.resources import resource_path
 
 OPERATOR_RSS_TARGET_MIB = 256.0
 WRITES_PER_NODE_TARGET = 1.0
@@ -114,8 +117,8 @@ def _installed_at(tracker: Tracker, key: str, generation: int) -> bool:
     return tracker.installed_generation.get(key, 0) >= generation
 
 
-async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[objects.Object], changes: int,
-                   fleet: processes.Proc, operator: processes.Proc
+async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], changes: int,
+                   fleet: Process, operator: Process
                    ) -> tuple[list[tuple[float, dict[str, int]]], dict[str, float]]:
     """Change one profile at a time: (seconds until Installed everywhere, API writes) per change, and the
     API server's own time for the agents' NodeProfileStatus patches meanwhile."""

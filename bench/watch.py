@@ -12,9 +12,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from secprofiles.kubeapi import KubeApi, list_and_watch
+from secprofiles.kube.client import KubeApi, list_and_watch
 
-Object = dict[str, object]
 INSTALLED = "Installed"
 
 

@@ -20,15 +20,20 @@ from typing import Any
 import yaml
 
 from bench import objects, processes
-from bench.cluster import Cluster, wait_for
+from bench.cluster import Cluster
 from bench.histogram import Histogram
 from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
-from secprofiles import deploy, schema
-from secprofiles.devcluster import free_port
-from secprofiles.kubeapi import ApiError, resource_path
+from devtools import install
+from devtools.commands import REPO
+from devtools.ports import free_port
+from devtools.processes import Process
+from devtools.waiting import wait_for
+from secprofiles.kube.client import ApiError
+from secprofiles.model import schema
+from secprofiles.resources import resource_path
 
 OPERATOR_NS = "secprofiles-system"
 CONFIG = "secprofiles"
@@ -37,7 +42,6 @@ VARIANTS = ("off", "nomatch", "bound")
 PROFILE = "bench-wh"
 ADDED_P99_TARGET_MS = 10.0
 HOOK_LABEL = {"secprofiles.io/binding": "enabled"}
-WEBHOOK_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def _namespace(variant: str) -> str:
@@ -46,7 +50,7 @@ def _namespace(variant: str) -> str:
 
 def _webhook_config(port: int) -> dict[str, Any]:
     """manifests/base/webhook.yaml as shipped, its Service replaced by the operator process on loopback."""
-    return deploy.loopback_webhooks(yaml.safe_load((processes.REPO / "manifests/base/webhook.yaml").read_text()), port)
+    return install.loopback_webhooks(yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text()), port)
 
 
 def _mutated(pod: dict[str, Any]) -> bool:
@@ -75,7 +79,7 @@ async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
                                   "--webhook-config-name", CONFIG)
     agent = processes.agent(cluster.kubeconfig, node, work / node, apparmor=False)
     try:
-        await cluster.api.create(WEBHOOK_PATH, _webhook_config(port))
+        await cluster.api.create(resource_path("MutatingWebhookConfiguration"), _webhook_config(port))
         operator.start()
         agent.start()
         await _profile_installed(cluster)
@@ -85,7 +89,7 @@ async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
     finally:
         agent.stop()
         operator.stop()
-        await cluster.api.delete(f"{WEBHOOK_PATH}/{CONFIG}")
+        await cluster.api.delete(resource_path("MutatingWebhookConfiguration", name=CONFIG))
         for variant in VARIANTS:
             await cluster.api.request("DELETE", resource_path("Pod", _namespace(variant)))
         await cluster.api.request("DELETE", resource_path(schema.PROFILE_BINDING, _namespace("bound")))
@@ -103,7 +107,7 @@ async def _profile_installed(cluster: Cluster) -> None:
         await tracker.stop()
 
 
-async def _webhook_active(cluster: Cluster, operator: processes.Proc) -> None:
+async def _webhook_active(cluster: Cluster, operator: Process) -> None:
     """Until a probe pod in the bound namespace comes back mutated (the caBundle is injected by then)."""
     counter = iter(range(10_000))
 
@@ -118,7 +122,7 @@ async def _webhook_active(cluster: Cluster, operator: processes.Proc) -> None:
     await wait_for(probe, 120, "the webhook to mutate a pod in the bound namespace", interval=0.5)
 
 
-async def _measure(cluster: Cluster, sizes: Sizes, metrics_port: int, operator: processes.Proc) -> list[Figure]:
+async def _measure(cluster: Cluster, sizes: Sizes, metrics_port: int, operator: Process) -> list[Figure]:
     handler_before = Histogram.parse(await _operator_metrics(metrics_port), "secprofiles_webhook_handler_seconds")
     call_name = "apiserver_admission_webhook_admission_duration_seconds"
     call_before = Histogram.parse(await cluster.apiserver_metric_text(), call_name, {"name": WEBHOOK_NAME})

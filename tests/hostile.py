@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from secprofiles import schema
-
-Object = dict[str, Any]
+from secprofiles.model import schema
+from secprofiles.objects import Object
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import multiprocessing.pool
 import re
 from typing import Any
 
-from secprofiles import apparmor, binding, libseccomp_filter, schema, seccomp
-from secprofiles.profiles import Outcome
-
-Object = dict[str, Any]
+from secprofiles.controller.admission import binding
+from secprofiles.model import apparmor, libseccomp_filter, schema, seccomp
+from secprofiles.model.evaluate import Outcome
+from secprofiles.objects import Object
 
 _WORKER: list[multiprocessing.pool.Pool] = []
 COMPILE_TIMEOUT = 20.0
@@ -78,7 +78,7 @@ def check_outcome(obj: Object, outcome: Outcome) -> bool:
     kind, meta = obj["kind"], obj["metadata"]
     if kind == schema.SECCOMP_PROFILE:
         assert isinstance(outcome.rendered, seccomp.Rendered)
-        assert outcome.rendered.relative_path == f"secprofiles/{meta['namespace']}/{meta['name']}.json"
+        assert outcome.rendered.localhost_profile == f"secprofiles/{meta['namespace']}/{meta['name']}.json"
         compile_with_libseccomp(outcome.rendered.content)
     elif kind == schema.APPARMOR_PROFILE:
         assert isinstance(outcome.rendered, apparmor.Rendered)

@@ -15,10 +15,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from secprofiles import apparmor, schema
-from secprofiles.findings import field_path
+from secprofiles.model import apparmor, schema
+from secprofiles.model.findings import field_path
+from secprofiles.objects import Object
 
-Object = dict[str, Any]
 Path = tuple[str | int, ...]
 
 SYSCALL_NAMES = ("read", "write", "openat", "close", "chmod", "fchmod", "fchmodat", "mkdir", "mkdirat", "rmdir",

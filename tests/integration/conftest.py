@@ -1,9 +1,8 @@
 """Fixtures for integration tests against a real local control plane.
 
 ``devcluster`` (session scope) starts etcd + kube-apiserver + kube-controller-manager
-from ``tools/controlplane`` once per test session; ``kube_api`` is an admin
-``kubernetes.client.ApiClient`` for it.  Mark tests that use them with
-``@pytest.mark.controlplane``.
+(``devtools.cluster``) once per test session; ``devcluster.admin`` is an admin client for it.
+Mark tests that use them with ``@pytest.mark.controlplane``.
 
 The binary is built (or found in the cache) right after collection when a
 selected test is marked ``controlplane``, so the first, slow build does not count
@@ -18,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from secprofiles.devcluster import ApiError, DevCluster, DevClusterError, ensure_binary
-from secprofiles.devcluster_clients import service_account_kubeconfig
-from tests.integration.kube import REPO, eventually
+from devtools.build import BuildError, ensure_binary
+from devtools.cluster import DevCluster, DevClusterError
+from devtools.objects import create_if_missing, install_crds, service_account_kubeconfig
+from secprofiles.resources import resource_path
 
-GROUP = "/apis/secprofiles.io/v1alpha1"
 AGENT_RULES = [
     {"apiGroups": ["secprofiles.io"], "resources": ["seccompprofiles", "apparmorprofiles"],
      "verbs": ["get", "list", "watch"]},
@@ -49,7 +47,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         try:
             session.config.stash[_BUILD_RESULT] = ensure_binary()
-        except DevClusterError as exc:
+        except BuildError as exc:
             session.config.stash[_BUILD_RESULT] = exc
 
 
@@ -61,7 +59,7 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
         pytest.fail(f"building the control plane failed: {built}", pytrace=False)
     try:
         binary = built if built is not None else ensure_binary()
-    except DevClusterError as exc:
+    except BuildError as exc:
         pytest.fail(f"building the control plane failed: {exc}", pytrace=False)
     # A short stop grace: this kube-apiserver never finishes its SIGTERM shutdown (it stalls after the quota
     # evaluators stop), so the default grace only adds its full length to every session; the data is thrown away.
@@ -75,18 +73,6 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def kube_api(devcluster: DevCluster) -> Iterator[Any]:
-    """An admin ``kubernetes.client.ApiClient`` for the dev cluster."""
-    from secprofiles.devcluster_clients import api_client
-
-    client = api_client(devcluster.kubeconfig)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -120,33 +106,21 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 @pytest.fixture(scope="module")
 def cluster(devcluster: DevCluster) -> DevCluster:
-    """The dev cluster with this repository's CRDs installed and Established."""
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        try:
-            devcluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
-        except ApiError as error:
-            if error.status != 409:
-                raise
-
-        def established(name: str = doc["metadata"]["name"]) -> bool:
-            crd = devcluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            return any(c["type"] == "Established" and c["status"] == "True"
-                       for c in (crd.get("status") or {}).get("conditions") or [])
-
-        eventually(established, what=f"CRD {path.name} Established")
-    eventually(lambda: devcluster.get(f"{GROUP}/seccompprofiles") is not None, what="CRDs served")
+    """The dev cluster with this repository's CRDs installed, Established and served."""
+    devcluster.admin.call(install_crds)
     return devcluster
 
 
 @pytest.fixture(scope="module")
 def agent_kubeconfig(cluster: DevCluster) -> Path:
     """A service account holding exactly the agent's RBAC (proves the list of API calls in the README)."""
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                {"metadata": {"name": "secprofiles-agent"}, "rules": AGENT_RULES}, ok=(201, 409))
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-        "metadata": {"name": "secprofiles-agent"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secprofiles-agent"},
-        "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent", "namespace": "secprofiles-system"}]},
-        ok=(201, 409))
-    return service_account_kubeconfig(cluster, "secprofiles-system", "secprofiles-agent").kubeconfig
+    admin = cluster.admin
+    for path, body in ((resource_path("ClusterRole"), {"metadata": {"name": "secprofiles-agent"}, "rules": AGENT_RULES}),
+                       (resource_path("ClusterRoleBinding"), {
+                           "metadata": {"name": "secprofiles-agent"},
+                           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                       "name": "secprofiles-agent"},
+                           "subjects": [{"kind": "ServiceAccount", "name": "secprofiles-agent",
+                                         "namespace": "secprofiles-system"}]})):
+        admin.call(create_if_missing, path, body)
+    return admin.call(service_account_kubeconfig, cluster, "secprofiles-system", "secprofiles-agent").kubeconfig

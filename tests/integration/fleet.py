@@ -19,10 +19,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from secprofiles import nodereport, profiles
-from secprofiles.devcluster import DevCluster, DevClusterError, ensure_binary
-from secprofiles.kubeapi import KubeApi, resource_path
-from tests.integration.kube import create_node, ensure_namespace, install_crds, open_api
+from devtools.build import ensure_binary
+from devtools.cluster import DevCluster, DevClusterError
+from devtools.objects import create_node, ensure_namespace, install_crds
+from secprofiles.kube.client import KubeApi
+from secprofiles.model import keys, seccomp
+from secprofiles.model.evaluate import evaluate
+from secprofiles.resources import resource_path
+from tests.integration.kube import open_api
 from tests.integration.processes import AgentProcess, OperatorProcess
 
 GROUP_VERSION = "secprofiles.io/v1alpha1"
@@ -77,7 +81,7 @@ class Profiles:
     def live(self) -> dict[str, dict[str, Any]]:
         return {name: spec for name, spec in self.specs.items() if spec is not None}
 
-    async def rendered(self) -> dict[str, profiles.seccomp.Rendered]:
+    async def rendered(self) -> dict[str, seccomp.Rendered]:
         """What the model renders for each live profile (base profiles resolved among them)."""
         live = self.live()
 
@@ -88,8 +92,8 @@ class Profiles:
         for name, spec in live.items():
             obj = {"apiVersion": GROUP_VERSION, "kind": "SeccompProfile",
                    "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
-            outcome = await profiles.evaluate(obj, lookup)
-            assert isinstance(outcome.rendered, profiles.seccomp.Rendered), outcome.findings
+            outcome = await evaluate(obj, lookup)
+            assert isinstance(outcome.rendered, seccomp.Rendered), outcome.findings
             result[name] = outcome.rendered
         return result
 
@@ -112,7 +116,7 @@ class Fleet:
             report = await self.api.get(resource_path("NodeProfileStatus", name=agent.node)) or {}
             reports[agent.node] = (report.get("status") or {}).get("profiles") or {}
         for name, spec in self.profiles.specs.items():
-            key = nodereport.seccomp_key(self.profiles.namespace, name)
+            key = keys.seccomp_key(self.profiles.namespace, name)
             obj = await self.api.get(self.profiles.path(name))
             if spec is None:
                 if obj is not None:
@@ -186,7 +190,7 @@ async def running_fleet(base: Path, namespace: str, nodes: int = 2,
     except DevClusterError as error:
         pytest.fail(f"the fault-injection control plane did not start: {error}", pytrace=False)
     agents: list[AgentProcess] = []
-    operator = OperatorProcess(cluster.kubeconfig, base / "operator.log", "--standalone", *operator_args)
+    operator = OperatorProcess(cluster.kubeconfig, base / "operator.log", *operator_args)
     try:
         async with open_api(cluster.kubeconfig) as api:
             await install_crds(api)

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from secprofiles import profiles
-from secprofiles.devcluster import DevCluster
-from secprofiles.devcluster_clients import create_node, delete_node, ensure_namespace
-from tests.integration.kube import eventually
+from devtools.cluster import DevCluster
+from devtools.objects import create_node, ensure_namespace
+from devtools.waiting import eventually
+from secprofiles.model.evaluate import evaluate_sync
+from secprofiles.resources import collection_path, resource_path
 from tests.integration.processes import SECURITYFS, AgentProcess
 from tests.runtime.conftest import Runner, podman  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.controlplane
-GROUP = "/apis/secprofiles.io/v1alpha1"
 TAINT = {"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}
 
 
@@ -35,7 +35,7 @@ def agents(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Itera
 
     def make(apparmor: bool = False, taints: tuple[dict[str, str], ...] = (), start: bool = True) -> AgentProcess:
         node = f"node-{uuid.uuid4().hex[:8]}"
-        create_node(cluster, node, taints=taints)
+        cluster.admin.call(create_node, node, taints=taints)
         agent = AgentProcess(agent_kubeconfig, node, tmp_path / node, apparmor)
         made.append(agent)
         return agent.start() if start else agent
@@ -43,18 +43,18 @@ def agents(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Itera
     yield make
     for agent in made:
         agent.stop()
-        delete_node(cluster, agent.node)
+        cluster.admin.delete(resource_path("Node", name=agent.node))
 
 
 @pytest.fixture
 def namespace(cluster: DevCluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    ensure_namespace(cluster, name)
+    cluster.admin.call(ensure_namespace, name)
     yield name
-    cluster.api("DELETE", f"/api/v1/namespaces/{name}", ok=(200, 202, 404))
+    cluster.admin.delete(resource_path("Namespace", name=name))
     # Gone before the next test: agents watch cluster-wide, and a namespace still emptying (1,000 profiles in the
     # RSS test) would put its files on the next test's nodes.
-    eventually(lambda: cluster.request("GET", f"/api/v1/namespaces/{name}")[0] == 404, timeout=120,
+    eventually(lambda: cluster.admin.get(resource_path("Namespace", name=name)) is None, timeout=120,
                what=f"namespace {name} deleted")
 
 
@@ -69,21 +69,18 @@ def seccomp_profile(namespace: str, name: str, syscalls: list[str] | None = None
 
 
 def create(cluster: DevCluster, obj: dict[str, Any]) -> dict[str, Any]:
-    ns = obj["metadata"].get("namespace")
-    plural = "seccompprofiles" if obj["kind"] == "SeccompProfile" else "apparmorprofiles"
-    path = f"{GROUP}/namespaces/{ns}/{plural}" if ns else f"{GROUP}/{plural}"
-    result: dict[str, Any] = cluster.api("POST", path, obj)
-    return result
+    return cluster.admin.create(collection_path(obj), obj)
 
 
 def rendered(obj: dict[str, Any]) -> Any:
-    outcome = profiles.evaluate_sync(obj)
+    outcome = evaluate_sync(obj)
     assert outcome.rendered is not None, outcome.findings
     return outcome.rendered
 
 
 def node_status(cluster: DevCluster, node: str) -> dict[str, Any]:
-    status: dict[str, Any] = cluster.get(f"{GROUP}/nodeprofilestatuses/{node}").get("status", {})
+    status: dict[str, Any] = cluster.admin.request("GET", resource_path("NodeProfileStatus", name=node)).get(
+        "status", {})
     return status
 
 
@@ -123,12 +120,12 @@ def test_profiles_install_update_atomically_and_delete_on_every_node(
 
     reader = threading.Thread(target=watch)
     reader.start()
-    item = f"{GROUP}/namespaces/{namespace}/seccompprofiles/prevent-chmod"
+    item = resource_path("SeccompProfile", namespace, "prevent-chmod")
     try:
         for i, names in enumerate([["mkdir"], ["chmod"], ["rmdir"], ["chown"]] * 3):
-            current = cluster.get(item)
+            current = cluster.admin.request("GET", item)
             current["spec"]["syscalls"][0]["names"] = names
-            cluster.api("PUT", item, current)
+            cluster.admin.request("PUT", item, current)
             last = rendered(seccomp_profile(namespace, "prevent-chmod", names))
             if i % 4 == 3:
                 eventually(lambda r=last: path.read_bytes() == r.content, what="update applied")
@@ -142,7 +139,7 @@ def test_profiles_install_update_atomically_and_delete_on_every_node(
         eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") == {
             "contentHash": last.content_hash, "state": "Installed"}, what="updated hash in status")
 
-    cluster.api("DELETE", item)
+    cluster.admin.request("DELETE", item)
     for agent in nodes:
         eventually(lambda a=agent: not a.file(namespace, "prevent-chmod").exists(), what="file removed")
         eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") is None,
@@ -172,7 +169,7 @@ def test_apparmor_is_an_error_without_apparmor_and_installed_with_simulated_appa
         assert f"{name} (enforce)" in kernel
         assert (with_apparmor.state_dir / "apparmor" / f"{name}.apparmor").read_bytes() == expected.content
     finally:
-        cluster.api("DELETE", f"{GROUP}/apparmorprofiles/{name}")
+        cluster.admin.request("DELETE", resource_path("AppArmorProfile", name=name))
     eventually(lambda: f"{name} (" not in (with_apparmor.host_root / SECURITYFS / "profiles").read_text(),
                what="simulated unload")
 
@@ -185,7 +182,7 @@ def test_taint_is_removed_only_after_the_files_exist(
     agent = agents(taints=(TAINT,), start=False)
     node_path = f"/api/v1/nodes/{agent.node}"
     files = [agent.file(namespace, f"p{i}") for i in range(20)]
-    assert cluster.get(node_path)["spec"]["taints"][0]["key"] == TAINT["key"]
+    assert cluster.admin.request("GET", node_path)["spec"]["taints"][0]["key"] == TAINT["key"]
     assert not any(path.exists() for path in files)
 
     def missing_when_untainted() -> list[str]:
@@ -196,7 +193,7 @@ def test_taint_is_removed_only_after_the_files_exist(
         of them before this poll (every 20 ms) got there."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            taints = cluster.get(node_path)["spec"].get("taints") or []
+            taints = cluster.admin.request("GET", node_path)["spec"].get("taints") or []
             if not any(t["key"] == TAINT["key"] for t in taints):
                 return [path.name for path in files if not path.exists()]
             time.sleep(0.02)

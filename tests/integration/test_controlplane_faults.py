@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from secprofiles.kubeapi import ApiError
+from secprofiles.kube.client import ApiError
 from tests.integration.fleet import Fleet, log_offset, log_since, running_fleet, seccomp_spec
 
 pytestmark = pytest.mark.controlplane

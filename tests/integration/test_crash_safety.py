@@ -26,11 +26,15 @@ from typing import Any
 
 import pytest
 
-from secprofiles import nodereport, profiles
+from devtools.cluster import DevCluster
+from devtools.objects import create_node, ensure_namespace, install_crds
+from devtools.waiting import wait_for
 from secprofiles.agent.files import TMP_PREFIX
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import create_node, ensure_namespace, install_crds, open_api, wait_for
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model import keys, seccomp
+from secprofiles.model.evaluate import evaluate
+from secprofiles.resources import resource_path
+from tests.integration.kube import open_api
 from tests.integration.processes import AgentProcess
 
 pytestmark = pytest.mark.controlplane
@@ -48,7 +52,7 @@ class Model:
     namespace: str
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     allowed: dict[str, set[bytes]] = field(default_factory=dict)
-    current: dict[str, profiles.seccomp.Rendered] = field(default_factory=dict)
+    current: dict[str, seccomp.Rendered] = field(default_factory=dict)
 
     def obj(self, name: str) -> dict[str, Any]:
         return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
@@ -70,8 +74,8 @@ class Model:
             if name not in self.specs:
                 self.current.pop(name, None)
                 continue
-            outcome = await profiles.evaluate(self.obj(name), lookup)
-            assert isinstance(outcome.rendered, profiles.seccomp.Rendered), outcome.findings
+            outcome = await evaluate(self.obj(name), lookup)
+            assert isinstance(outcome.rendered, seccomp.Rendered), outcome.findings
             self.current[name] = outcome.rendered
             self.allowed.setdefault(name, set()).add(outcome.rendered.content)
 
@@ -200,7 +204,7 @@ async def converged(api: KubeApi, agent: AgentProcess, model: Model) -> bool:
             return False
     status = await api.get(resource_path("NodeProfileStatus", name=agent.node)) or {}
     entries = (status.get("status") or {}).get("profiles") or {}
-    wanted = {nodereport.seccomp_key(model.namespace, name): {"contentHash": r.content_hash, "state": "Installed"}
+    wanted = {keys.seccomp_key(model.namespace, name): {"contentHash": r.content_hash, "state": "Installed"}
               for name, r in model.current.items()}
     return {k: v for k, v in entries.items() if k.startswith(f"seccomp/{model.namespace}/")} == wanted
 

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from secprofiles import schema
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from secprofiles.profiles import evaluate
-from tests.integration.kube import ensure_namespace, install_crds, open_api
+from devtools.cluster import DevCluster
+from devtools.objects import ensure_namespace, install_crds
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model import schema
+from secprofiles.model.evaluate import evaluate
+from secprofiles.resources import resource_path
+from tests.integration.kube import open_api
 from tests.oracles import check_outcome
 from tests.strategies import Case, cases
 

@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from secprofiles import nodereport, schema
+from devtools.cluster import DevCluster
+from devtools.objects import create_if_missing, delete_everything, ensure_namespace
+from devtools.waiting import wait_for
 from secprofiles.agent.apparmor_loader import read_profiles_file
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model import keys, schema
+from secprofiles.resources import resource_path
 from tests.hostile import INJECTIONS, Injection, apparmor, seccomp
-from tests.integration.kube import delete_everything, ensure_namespace, open_api, wait_for
+from tests.integration.kube import open_api
 from tests.integration.processes import SECURITYFS, AgentProcess, OperatorProcess
 
 pytestmark = pytest.mark.controlplane
@@ -59,17 +62,17 @@ def nodes(cluster: DevCluster, agent_kubeconfig: Path, tmp_path: Path) -> Iterat
     made = []
     for apparmor_node in (False, True):
         node = f"inject-{'apparmor' if apparmor_node else 'seccomp'}"
-        cluster.api("POST", "/api/v1/nodes", {"metadata": {"name": node}}, ok=(201, 409))
+        cluster.admin.call(create_if_missing, resource_path("Node"), {"metadata": {"name": node}})
         made.append(AgentProcess(agent_kubeconfig, node, tmp_path / node, apparmor_node).start())
     yield made
     for agent in made:
         agent.stop()
-        cluster.api("DELETE", f"/api/v1/nodes/{agent.node}", ok=(200, 404))
+        cluster.admin.delete(resource_path("Node", name=agent.node))
 
 
 @pytest.fixture
 def operator(cluster: DevCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster.kubeconfig, tmp_path / "operator.log", "--standalone")
+    process = OperatorProcess(cluster.kubeconfig, tmp_path / "operator.log")
     process.start()
     yield process
     process.stop()
@@ -78,8 +81,8 @@ def operator(cluster: DevCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
 def key_of(obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
     if obj["kind"] == schema.SECCOMP_PROFILE:
-        return nodereport.seccomp_key(NS, meta["name"])
-    return nodereport.apparmor_key(meta["name"])
+        return keys.seccomp_key(NS, meta["name"])
+    return keys.apparmor_key(meta["name"])
 
 
 async def test_model_refusals_never_reach_a_node(
@@ -100,7 +103,7 @@ async def test_model_refusals_never_reach_a_node(
                 current = await status(case.obj)
                 return current if current.get("phase") == "Error" else None
 
-            current = await wait_for(refused, timeout=60, what=f"operator status Error for {case.id}")
+            current = await wait_for(refused, within=60, what=f"operator status Error for {case.id}")
             message = current["conditions"][0]["message"]
             assert f"{case.field}: " in message and case.words in message, (case.id, message)
             assert not current.get("contentHash") and not current.get("localhostProfile")
@@ -112,7 +115,7 @@ async def test_model_refusals_never_reach_a_node(
             return profiles if all(k in profiles for k in wanted) else None
 
         for agent in nodes:
-            reported = await wait_for(lambda agent=agent: entries(agent), timeout=90,
+            reported = await wait_for(lambda agent=agent: entries(agent), within=90,
                                       what=f"{agent.node} reports every profile")
             for case in MODEL_REFUSED:
                 assert reported[key_of(case.obj)]["state"] == "Error", (agent.node, case.id)

@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
-from secprofiles import schema
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import ensure_namespace, install_crds, open_api, wait_for
+from devtools.cluster import DevCluster
+from devtools.objects import ensure_namespace, install_crds
+from devtools.waiting import wait_for
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model import schema
+from secprofiles.resources import resource_path
+from tests.integration.kube import open_api
 
 pytestmark = pytest.mark.controlplane
 NS = "limits"
@@ -178,7 +181,7 @@ async def test_a_resource_quota_bounds_the_profiles_of_a_namespace(api: KubeApi)
                 await api.delete(f"{quota_path}/profiles")
             return False
 
-        await wait_for(enforced, timeout=90, what="quota usage computed by the controller")
+        await wait_for(enforced, within=90, what="quota usage computed by the controller")
         for index in range(3):
             await api.create(path_of(seccomp(f"q{index}")), seccomp(f"q{index}"))
         with pytest.raises(ApiError) as refused:

@@ -17,20 +17,16 @@ from typing import Any
 
 import pytest
 
-from secprofiles import nodereport
+from devtools.cluster import DevCluster
+from devtools.objects import create_node, delete_everything, ensure_namespace, install_crds
+from devtools.waiting import wait_for
 from secprofiles.agent.reporter import Reporter
 from secprofiles.controller.reconciler import FINALIZER
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from secprofiles.nodereport import Entry
-from tests.integration.kube import (
-    create_node,
-    delete_everything,
-    ensure_namespace,
-    install_crds,
-    open_api,
-    wait_for,
-)
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model import keys, nodereport
+from secprofiles.model.nodereport import Entry
+from secprofiles.resources import resource_path
+from tests.integration.kube import open_api
 from tests.integration.processes import OperatorProcess
 
 pytestmark = pytest.mark.controlplane
@@ -40,7 +36,7 @@ NS = "team-a"
 @pytest.fixture(scope="module")
 def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     process = OperatorProcess(devcluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-                              "--standalone", endpoints=True)
+                              endpoints=True)
     yield process
     process.stop()
 
@@ -58,7 +54,7 @@ async def api(devcluster: DevCluster, operator: OperatorProcess) -> AsyncIterato
         if not operator.running:
             operator.start()
         yield client
-    if operator.process and not operator.running:
+    if operator.popen is not None and not operator.running:
         print(operator.tail())
 
 
@@ -103,7 +99,7 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     assert status["phase"] == "Installing"
     assert status["localhostProfile"] == "secprofiles/team-a/prevent-chmod.json"
     assert status["nodes"] == {"desired": 2, "installed": 0, "failed": 0}
-    key, content = nodereport.seccomp_key(NS, "prevent-chmod"), status["contentHash"]
+    key, content = keys.seccomp_key(NS, "prevent-chmod"), status["contentHash"]
     await report(api, n1, {key: {"contentHash": content, "state": "Installed"}})
     await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["installed"] == 1)
     await report(api, n2, {key: {"contentHash": content, "state": "Installed"}})
@@ -150,7 +146,7 @@ async def test_node_status_is_garbage_collected_with_its_node_and_leaves_the_cou
     doomed = await create_node(api, "node-gc")
     await api.create(resource_path("SeccompProfile", NS), seccomp("collected"))
     content = (await wait_status(api, "collected", lambda s: s.get("contentHash")))["contentHash"]
-    key = nodereport.seccomp_key(NS, "collected")
+    key = keys.seccomp_key(NS, "collected")
     for node, entry in (("node-1", Entry(content, nodereport.INSTALLED)),
                         ("node-gc", Entry(content, nodereport.ERROR, "disk full"))):
         reporter = Reporter(api, node)
@@ -329,7 +325,7 @@ async def test_operator_restart_loses_nothing(api: KubeApi, operator: OperatorPr
     status = await wait_status(api, "before-restart", lambda s: s.get("contentHash"))
     operator.stop(signal.SIGKILL)
     await api.create(resource_path("SeccompProfile", NS), seccomp("while-down", syscalls=CHMOD_RULES))
-    await report(api, node, {nodereport.seccomp_key(NS, "before-restart"): {
+    await report(api, node, {keys.seccomp_key(NS, "before-restart"): {
         "contentHash": status["contentHash"], "state": "Installed"}})
     operator.start()
     await wait_status(api, "before-restart", lambda s: s.get("phase") == "Installed")
@@ -348,7 +344,7 @@ async def test_restart_writes_nothing_for_profiles_already_installed(
     names = [f"steady-{i:02}" for i in range(40)]
     await asyncio.gather(*(api.create(resource_path("SeccompProfile", NS), seccomp(name)) for name in names))
     hashes = [(await wait_status(api, name, lambda s: s.get("contentHash")))["contentHash"] for name in names]
-    await report(api, node, {nodereport.seccomp_key(NS, name): {"contentHash": content, "state": "Installed"}
+    await report(api, node, {keys.seccomp_key(NS, name): {"contentHash": content, "state": "Installed"}
                              for name, content in zip(names, hashes, strict=True)})
     for name in names:
         await wait_status(api, name, lambda s: s.get("phase") == "Installed")
@@ -402,12 +398,12 @@ async def test_two_replicas_started_together_elect_one_writer_and_fail_over(
     await create_node(api, "node-1")
     lease = f"lease-{uuid.uuid4().hex[:6]}"
     replicas = {name: OperatorProcess(devcluster.kubeconfig, tmp_path / f"{name}.log", "--identity", name,
-                                      "--namespace", NS, "--lease-name", lease, "--lease-duration", "3")
+                                      "--lease-name", lease, "--lease-duration", "3", lease=True, namespace=NS)
                 for name in ("one", "two")}
     try:
         for replica in replicas.values():
             replica.start()
-        holder = await wait_for(lambda: _lease_holder(api, lease), timeout=30, what="a leader")
+        holder = await wait_for(lambda: _lease_holder(api, lease), within=30, what="a leader")
         leader, standby = replicas[holder], next(r for name, r in replicas.items() if name != holder)
         await api.create(resource_path("SeccompProfile", NS), seccomp("elected"))
         await wait_status(api, "elected", lambda s: s.get("phase") == "Installing")
@@ -436,11 +432,11 @@ async def test_two_replicas_started_together_elect_one_writer_and_fail_over(
     finally:
         for replica in replicas.values():
             replica.stop()
-        await api.delete(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease}")
+        await api.delete(resource_path("Lease", NS, lease))
 
 
 async def _lease_holder(api: KubeApi, lease: str) -> str | None:
-    found = await api.get(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease}") or {}
+    found = await api.get(resource_path("Lease", NS, lease)) or {}
     return (found.get("spec") or {}).get("holderIdentity") or None
 
 

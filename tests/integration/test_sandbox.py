@@ -1,4 +1,4 @@
-"""``make sandbox`` in its short mode: ``python -m secprofiles.sandbox --once`` starts its own control plane,
+"""``make sandbox`` in its short mode: ``python -m devtools.sandbox --once`` starts its own control plane,
 operator (serving the pod-binding webhook) and two agents, waits until every bundled profile settled and the demo
 ProfileBinding counted the pod the webhook bound, prints the table, cleans up, exits 0."""
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secprofiles import profiles, sandbox
+from devtools import sandbox
+from devtools.commands import python_env
+from secprofiles.model.evaluate import evaluate_sync
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.controlplane
@@ -45,9 +47,9 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_sandbox_once_settles_every_bundled_profile_and_cleans_up(devcluster: object, tmp_path: Path) -> None:
     # ``devcluster`` only guarantees the control-plane binary is built (the sandbox starts its own cluster).
     base = tmp_path / "sandbox"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
-    result = subprocess.run([sys.executable, "-m", "secprofiles.sandbox", "--once", "--timeout", "90",
-                             "--dir", str(base)], capture_output=True, text=True, env=env, timeout=180, check=False)
+    result = subprocess.run([sys.executable, "-m", "devtools.sandbox", "--once", "--timeout", "90",
+                             "--dir", str(base)], capture_output=True, text=True, env=python_env(), cwd=REPO,
+                            timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
     table = result.stdout
     lines = {line.split()[0]: line for line in table.splitlines() if line.startswith(("seccomp/", "apparmor/"))}
@@ -67,7 +69,7 @@ def test_sandbox_once_settles_every_bundled_profile_and_cleans_up(devcluster: ob
     assert "seccompProfile" not in json.dumps(sandbox.demo_pod())
     assert _field(table, "containers[demo].securityContext.seccompProfile:") == {
         "type": "Localhost", "localhostProfile": "secprofiles/demo/prevent-chmod.json"}
-    rendered = profiles.evaluate_sync(yaml.safe_load((REPO / "profiles/seccomp/prevent-chmod.yaml").read_text())).rendered
+    rendered = evaluate_sync(yaml.safe_load((REPO / "profiles/seccomp/prevent-chmod.yaml").read_text())).rendered
     assert rendered is not None
     assert _field(table, "metadata.annotations[secprofiles.io/profiles]:") == {
         "demo": [f"SeccompProfile/demo/prevent-chmod@{rendered.content_hash}"]}

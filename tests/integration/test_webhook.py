@@ -22,21 +22,16 @@ import aiohttp
 import pytest
 import yaml
 
-from secprofiles import profiles
+from devtools.cluster import DevCluster
+from devtools.commands import REPO
+from devtools.objects import create_node, ensure_namespace, install_crds
+from devtools.waiting import wait_for
+from secprofiles.controller.admission.webhook import BindingStatusWriter
 from secprofiles.controller.state import ClusterState
-from secprofiles.controller.webhook import BindingStatusWriter
-from secprofiles.devcluster import DevCluster
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import (
-    REPO,
-    apply_admission_policies,
-    create_node,
-    ensure_namespace,
-    install_crds,
-    open_api,
-    wait_for,
-    webhook_config,
-)
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.model.evaluate import evaluate
+from secprofiles.resources import resource_path
+from tests.integration.kube import apply_admission_policies, open_api, webhook_config
 from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 from tests.runtime.conftest import IMAGE, Runner, podman  # noqa: F401  (podman: the session fixture)
@@ -102,13 +97,13 @@ async def api(devcluster: DevCluster, operator: WebhookOperator) -> AsyncIterato
         await client.request("DELETE", f"/api/v1/namespaces/{OFF}/pods")
         await client.request("DELETE", resource_path("ProfileBinding", NS))
         config = webhook_config(operator.port)
-        if not await client.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"):
-            await client.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", config)
-        if operator.process is None or operator.process.poll() is not None:
+        if not await client.get(resource_path("MutatingWebhookConfiguration", name=CONFIG)):
+            await client.create(resource_path("MutatingWebhookConfiguration"), config)
+        if not operator.running:
             operator.start()
         await _ready_profiles(client)
         yield client
-    if operator.process and operator.process.poll() is not None:
+    if operator.popen is not None and not operator.running:
         print(operator.tail())
 
 
@@ -144,7 +139,7 @@ async def until_bound(api: KubeApi, body: dict[str, Any], container: int = 0) ->
         created = await dry_run(api, body)
         return "secprofiles.io/profiles" in (created["metadata"].get("annotations") or {})
 
-    await wait_for(probe, timeout=30, what="the webhook binding a dry-run pod")
+    await wait_for(probe, within=30, what="the webhook binding a dry-run pod")
 
 
 def profiles_annotation(obj: dict[str, Any]) -> dict[str, list[str]]:
@@ -162,7 +157,7 @@ async def test_ca_injected_from_self_managed_secret(api: KubeApi) -> None:
                             what="certificate Secret")
 
     async def injected() -> str | None:
-        config = await api.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}")
+        config = await api.get(resource_path("MutatingWebhookConfiguration", name=CONFIG))
         return (config or {})["webhooks"][0]["clientConfig"].get("caBundle")
 
     assert await wait_for(injected, what="caBundle") == secret["data"]["ca-bundle.crt"]
@@ -309,7 +304,7 @@ async def test_bound_pod_is_confined_under_podman(api: KubeApi, podman: Runner, 
     localhost = created["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"]
     stored = await api.get(resource_path("SeccompProfile", NS, "prevent-chmod"))
     assert stored
-    outcome = await profiles.evaluate(stored)
+    outcome = await evaluate(stored)
     assert outcome.rendered and outcome.rendered.content_hash in profiles_annotation(created)["app"][0]
     path = tmp_path / "seccomp" / localhost  # as kubelet joins <root>/seccomp with localhostProfile
     path.parent.mkdir(parents=True)
@@ -414,7 +409,7 @@ async def test_the_first_pod_a_restarted_operator_admits_is_bound(api: KubeApi, 
         return True
 
     try:
-        await wait_for(serving, timeout=60, what="the restarted operator's webhook port")
+        await wait_for(serving, within=60, what="the restarted operator's webhook port")
         first = await api.request("POST", resource_path("Pod", NS), pod("first-after-restart"),
                                   params={"dryRun": "All"})
         assert first["spec"]["containers"][0].get("securityContext", {}).get("seccompProfile") == {
@@ -425,4 +420,4 @@ async def test_the_first_pod_a_restarted_operator_admits_is_bound(api: KubeApi, 
         async def bulk_gone() -> bool:  # the operator releases its finalizers: later tests start from a small cluster
             return not (await api.request("GET", resource_path("SeccompProfile", bulk)))["items"]
 
-        await wait_for(bulk_gone, timeout=180, what="the bulk profiles to be deleted")
+        await wait_for(bulk_gone, within=180, what="the bulk profiles to be deleted")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import json
 import ssl
@@ -29,19 +30,13 @@ from typing import Any
 import pytest
 import yaml
 
-from secprofiles.devcluster import DevCluster
-from secprofiles.devcluster_clients import WebhookTLS, webhook_tls
-from secprofiles.kubeapi import ApiError, KubeApi, resource_path
-from tests.integration.kube import (
-    REPO,
-    apply_admission_policies,
-    create_node,
-    ensure_namespace,
-    install_crds,
-    open_api,
-    wait_for,
-    webhook_config,
-)
+from devtools.cluster import DevCluster
+from devtools.commands import REPO
+from devtools.objects import create_node, ensure_namespace, install_crds
+from devtools.waiting import wait_for
+from secprofiles.kube.client import ApiError, KubeApi
+from secprofiles.resources import resource_path
+from tests.integration.kube import WebhookTLS, apply_admission_policies, open_api, webhook_config, webhook_tls
 from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 
@@ -51,7 +46,7 @@ SHIPPED = yaml.safe_load((REPO / "manifests/base/webhook.yaml").read_text())
 CONFIG = SHIPPED["metadata"]["name"]
 WEBHOOK = SHIPPED["webhooks"][0]
 WEBHOOK_NAME, TIMEOUT, POLICY = WEBHOOK["name"], int(WEBHOOK["timeoutSeconds"]), WEBHOOK["failurePolicy"]
-CONFIG_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIG}"
+CONFIG_PATH = resource_path("MutatingWebhookConfiguration", name=CONFIG)
 OPT_IN_LABEL = "secprofiles.io/binding"
 OPTED = "wf-team"
 # Not opted in: no label, a label that is not "enabled", and the namespaces the selector excludes by name even
@@ -143,7 +138,7 @@ class FaultServer:
             request_queue_size = 64
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        context.load_cert_chain(str(self.tls.cert_file), str(self.tls.key_file))
         server = Server(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         # The handshake happens in the handler's thread, so one slow client cannot stall accept().
@@ -231,10 +226,8 @@ async def create_pods(api: KubeApi, prefix: str, namespaces: list[str],
 
 def webhook_metrics(cluster: DevCluster) -> dict[str, float]:
     """The API server's admission-webhook counters for our webhook: calls, fail-open admissions, rejections."""
-    status, raw = cluster.request("GET", "/metrics")
-    assert status == 200
     totals = {"calls": 0.0, "fail_open": 0.0, "rejections": 0.0}
-    for line in raw.decode().splitlines():
+    for line in cluster.admin.get_text("/metrics").splitlines():
         if f'name="{WEBHOOK_NAME}"' not in line:
             continue
         for key, metric in (("calls", "apiserver_admission_webhook_request_total{"),
@@ -251,7 +244,7 @@ def latency(results: list[Created]) -> str:
 
 
 def _delete_config(cluster: DevCluster) -> None:
-    cluster.api("DELETE", CONFIG_PATH, ok=(200, 202, 404))
+    cluster.admin.delete(CONFIG_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +257,13 @@ def cleanup(devcluster: DevCluster) -> Iterator[None]:
         _delete_config(devcluster)
         for namespace, value in OPTED_OUT.items():
             if value == "enabled":
-                devcluster.api("PATCH", f"/api/v1/namespaces/{namespace}", {"metadata": {"labels": {OPT_IN_LABEL: None}}},
-                               content_type="application/merge-patch+json", ok=(200, 404))
+                with contextlib.suppress(ApiError):  # a namespace that was never made
+                    devcluster.admin.patch(resource_path("Namespace", name=namespace),
+                                           {"metadata": {"labels": {OPT_IN_LABEL: None}}})
         for namespace in (OPTED, *OPTED_OUT):
-            devcluster.api("DELETE", f"/api/v1/namespaces/{namespace}/pods?labelSelector={TEST_LABEL}%3D1",
-                           ok=(200, 404))
+            with contextlib.suppress(ApiError):
+                devcluster.admin.request("DELETE", resource_path("Pod", namespace),
+                                         params={"labelSelector": f"{TEST_LABEL}=1"})
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +307,7 @@ async def register(api: KubeApi, server: FaultServer, policy: str) -> None:
         await api.request("POST", resource_path("Pod", OPTED), pod("probe", OPTED), params={"dryRun": "All"})
         return server.seen(prefix)
 
-    await wait_for(in_force, timeout=30, what=f"the API server calling {prefix}")
+    await wait_for(in_force, within=30, what=f"the API server calling {prefix}")
     server.reset()
 
 
@@ -463,7 +458,7 @@ async def test_recovery_binds_again(api: KubeApi, devcluster: DevCluster, server
                                       params={"dryRun": "All"})
             return "securityContext" in probe["spec"]["containers"][0]
 
-        await wait_for(binds, timeout=60, what="the operator binding a dry-run pod")
+        await wait_for(binds, within=60, what="the operator binding a dry-run pod")
         recovered = time.monotonic() - started
         opted = await create_pods(api, "recovered", [OPTED] * PODS)
         outside = await create_pods(api, "recovered-out", list(OPTED_OUT))

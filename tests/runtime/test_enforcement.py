@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from secprofiles import cli, profiles
+from secprofiles.cli import main as cli
+from secprofiles.model.evaluate import evaluate_sync
 from tests.conftest import REPO, SEEDS, missing_install
 from tests.runtime.conftest import Runner
-from tests.unit.test_libseccomp_filter import multiplexed_socket_rule
+from tests.unit.model.test_libseccomp_filter import multiplexed_socket_rule
 
 pytestmark = pytest.mark.runtime
 CHMOD = "touch /tmp/f && chmod 600 /tmp/f; echo rc=$?"
@@ -71,15 +72,15 @@ def test_default_action_errno_really_denies(podman: Runner, tmp_path: Path) -> N
 def test_a_filter_libseccomp_refuses_really_fails_the_container(podman: Runner, tmp_path: Path) -> None:
     """What the model's libseccomp check refuses, runc refuses too: rendered here without that check."""
     refused = multiplexed_socket_rule(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"])
-    assert profiles.evaluate_sync(refused).findings
-    rendered = profiles.evaluate_sync(refused, native_checks=False).rendered
+    assert evaluate_sync(refused).findings
+    rendered = evaluate_sync(refused, native_checks=False).rendered
     assert rendered is not None
     path = tmp_path / "refused.json"
     path.write_bytes(rendered.content)
     result = podman("echo started", seccomp=path)
     assert result.returncode != 0 and "started" not in result.stdout
     assert "seccomp" in result.stderr.lower(), result.stderr
-    accepted = profiles.evaluate_sync(multiplexed_socket_rule(["SCMP_ARCH_X86_64"])).rendered
+    accepted = evaluate_sync(multiplexed_socket_rule(["SCMP_ARCH_X86_64"])).rendered
     assert accepted is not None
     path.write_bytes(accepted.content)
     assert podman("echo started", seccomp=path).stdout.strip() == "started"

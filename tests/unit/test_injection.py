@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secprofiles import cli, profiles, schema
 from secprofiles.agent.apparmor_loader import SECURITYFS, LoadError, RecordingLoader
 from secprofiles.agent.files import SeccompTree, UnsafePathError
+from secprofiles.cli import main as cli
+from secprofiles.model import schema
+from secprofiles.model.evaluate import evaluate_sync
 from tests.conftest import needs_apparmor_parser
 from tests.hostile import INJECTIONS, Injection, policy
 
@@ -22,7 +24,7 @@ from tests.hostile import INJECTIONS, Injection, policy
 @needs_apparmor_parser
 @pytest.mark.parametrize("case", INJECTIONS, ids=[c.id for c in INJECTIONS])
 def test_injection_is_refused_by_the_model_and_lint_naming_the_field(case: Injection, tmp_path: Path) -> None:
-    outcome = profiles.evaluate_sync(case.obj)
+    outcome = evaluate_sync(case.obj)
     assert outcome.rendered is None
     named = [f for f in outcome.findings if f.field == case.field]
     assert named, outcome.findings

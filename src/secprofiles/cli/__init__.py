@@ -1,0 +1,1 @@
+"""The ``secprofiles`` command: lint, render and import profiles without a cluster."""

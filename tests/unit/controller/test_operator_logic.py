@@ -1,0 +1,214 @@
+"""The operator's pure parts: pod references, cluster state, status aggregation."""
+
+from __future__ import annotations
+
+import pytest
+
+from secprofiles.controller import aggregate
+from secprofiles.controller.operator import seed
+from secprofiles.controller.state import ClusterState
+from secprofiles.model.findings import Finding
+from secprofiles.model.nodereport import Entry
+
+
+def pod(name: str, spec: dict, annotations: dict | None = None, namespace: str = "apps") -> dict:
+    return {"metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}}, "spec": spec}
+
+
+LOCAL = {"type": "Localhost"}
+
+
+def test_references_cover_every_level_and_form() -> None:
+    from secprofiles.controller.podrefs import references
+
+    spec = {
+        "securityContext": {"seccompProfile": {**LOCAL, "localhostProfile": "secprofiles/apps/pod-level.json"}},
+        "initContainers": [{"name": "i", "securityContext": {"appArmorProfile": {**LOCAL, "localhostProfile": "aa-init"}}}],
+        "containers": [
+            {"name": "c", "securityContext": {"seccompProfile": {**LOCAL, "localhostProfile": "secprofiles/apps/c.json"}}},
+            {"name": "d", "securityContext": {"seccompProfile": {**LOCAL, "localhostProfile": "other/not-ours.json"}}},
+            {"name": "e", "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}},
+        ],
+    }
+    annotations = {"container.apparmor.security.beta.kubernetes.io/c": "localhost/aa-annotated",
+                   "container.apparmor.security.beta.kubernetes.io/e": "runtime/default"}
+    assert references(pod("p", spec, annotations)) == {
+        "seccomp/apps/pod-level", "seccomp/apps/c", "apparmor/aa-init", "apparmor/aa-annotated"}
+
+
+def profile(name: str, base: str | None = None, namespace: str = "apps") -> dict:
+    spec = {"defaultAction": "SCMP_ACT_ALLOW", **({"baseProfileName": base} if base else {})}
+    return {"apiVersion": "secprofiles.io/v1alpha1", "kind": "SeccompProfile",
+            "metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": name}, "spec": spec}
+
+
+def test_base_change_dirties_every_dependent() -> None:
+    state = ClusterState()
+    for obj in (profile("root"), profile("mid", "root"), profile("leaf", "mid"), profile("lone"),
+                profile("root", namespace="other")):
+        state.apply_profile("ADDED", obj)
+    assert state.apply_profile("MODIFIED", profile("root")) == {"seccomp/apps/root", "seccomp/apps/mid",
+                                                                 "seccomp/apps/leaf"}
+
+
+def test_dependents_follow_a_base_change_and_a_deletion() -> None:
+    state = ClusterState()
+    for obj in (profile("a"), profile("b"), profile("child", "a"), profile("cycle-1", "cycle-2"),
+                profile("cycle-2", "cycle-1")):
+        state.apply_profile("ADDED", obj)
+    state.apply_profile("MODIFIED", profile("child", "b"))
+    assert state.dependents("seccomp/apps/a") == set()
+    assert state.dependents("seccomp/apps/b") == {"seccomp/apps/child"}
+    assert state.dependents("seccomp/apps/cycle-1") == {"seccomp/apps/cycle-1", "seccomp/apps/cycle-2"}
+    state.apply_profile("DELETED", profile("child", "b"))
+    assert state.dependents("seccomp/apps/b") == set()
+    assert "seccomp/apps/b" not in state.children
+
+
+def test_pod_references_are_counted_and_released() -> None:
+    state = ClusterState()
+    spec = {"containers": [{"name": "c", "securityContext": {
+        "seccompProfile": {**LOCAL, "localhostProfile": "secprofiles/apps/p.json"}}}]}
+    assert state.apply_pod("ADDED", pod("a", spec)) == {"seccomp/apps/p"}
+    assert state.apply_pod("MODIFIED", pod("a", spec)) == set()
+    state.apply_pod("ADDED", pod("b", spec))
+    assert state.users["seccomp/apps/p"] == {"apps/a", "apps/b"}
+    state.apply_pod("DELETED", pod("a", spec))
+    assert state.apply_pod("DELETED", pod("b", spec)) == {"seccomp/apps/p"}
+    assert "seccomp/apps/p" not in state.users
+    assert state.pod_refs == {}
+
+
+def test_node_deletion_drops_its_reports_and_windows_nodes_are_not_desired() -> None:
+    state = ClusterState()
+    state.apply_profile("ADDED", profile("p"))
+    assert state.apply_node("ADDED", {"metadata": {"name": "n1"}}) == {"seccomp/apps/p"}
+    state.apply_node("ADDED", {"metadata": {"name": "w", "labels": {"kubernetes.io/os": "windows"}}})
+    state.apply_report("ADDED", {"metadata": {"name": "n1"}, "status": {"profiles": {
+        "seccomp/apps/p": {"contentHash": "sha256:x", "state": "Installed"}}}})
+    assert state.node_entries("seccomp/apps/p") == {"n1": Entry("sha256:x", "Installed")}
+    state.apply_node("DELETED", {"metadata": {"name": "n1"}})
+    assert state.node_entries("seccomp/apps/p") == {}
+
+
+def test_report_changes_dirty_only_changed_profiles() -> None:
+    state = ClusterState()
+    report = {"seccomp/apps/a": {"contentHash": "h", "state": "Installed"},
+              "seccomp/apps/b": {"contentHash": "h", "state": "Installed"}}
+    assert state.apply_report("ADDED", {"metadata": {"name": "n"}, "status": {"profiles": report}}) == {
+        "seccomp/apps/a", "seccomp/apps/b"}
+    report["seccomp/apps/b"] = {"contentHash": "h2", "state": "Installed"}
+    assert state.apply_report("MODIFIED", {"metadata": {"name": "n"}, "status": {"profiles": report}}) == {
+        "seccomp/apps/b"}
+
+
+def state_of(**overrides: object) -> aggregate.ProfileState:
+    values: dict = {"generation": 3, "content_hash": "sha256:new", "localhost_profile": "secprofiles/apps/p.json",
+                    "findings": (), "deleting": False, "users": ()}
+    values.update(overrides)
+    return aggregate.ProfileState(**values)
+
+
+def test_installed_only_when_every_node_has_the_current_hash() -> None:
+    reports = {"n1": Entry("sha256:new", "Installed"), "n2": Entry("sha256:old", "Installed")}
+    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    assert status["phase"] == "Installing"
+    assert status["nodes"] == {"desired": 2, "installed": 1, "failed": 0}
+    reports["n2"] = Entry("sha256:new", "Installed")
+    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    assert status["phase"] == "Installed"
+    assert status["conditions"][0]["status"] == "True"
+    assert status["observedGeneration"] == 3
+
+
+def test_a_failing_node_makes_the_profile_error_naming_it() -> None:
+    reports = {"n1": Entry("sha256:new", "Installed"), "n2": Entry("sha256:new", "Error", "AppArmor not enabled on node")}
+    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    assert status["phase"] == "Error"
+    assert status["failedNodes"] == [{"node": "n2", "message": "AppArmor not enabled on node"}]
+    assert "n2: AppArmor not enabled on node" in status["conditions"][0]["message"]
+
+
+def test_invalid_profile_is_error_and_has_no_hash() -> None:
+    status = aggregate.status(state_of(findings=(Finding("spec.syscalls[0].names[0]", "unknown syscall 'x'"),),
+                                       content_hash=None), ["n1"], {})
+    assert status["phase"] == "Error"
+    assert status["contentHash"] is None
+    assert "spec.syscalls[0].names[0]: unknown syscall 'x'" in status["conditions"][0]["message"]
+
+
+def test_terminating_lists_a_bounded_number_of_users() -> None:
+    users = tuple(f"apps/pod-{i:03d}" for i in range(50))
+    status = aggregate.status(state_of(deleting=True, users=users), ["n1"], {})
+    assert status["phase"] == "Terminating"
+    assert status["inUseBy"]["count"] == 50
+    assert len(status["inUseBy"]["pods"]) == 20
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    old = {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "T0"}]}
+    new = aggregate.with_transition_times({"conditions": [{"type": "Ready", "status": "False"}]}, old, "T1")
+    assert new["conditions"][0]["lastTransitionTime"] == "T0"
+    new = aggregate.with_transition_times({"conditions": [{"type": "Ready", "status": "True"}]}, old, "T1")
+    assert new["conditions"][0]["lastTransitionTime"] == "T1"
+
+
+class ListingApi:
+    """Answers the two LISTs the operator makes at start-up; fails them all with ``error``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.paths: list[str] = []
+
+    async def request(self, method: str, path: str) -> dict:
+        self.paths.append(path)
+        if self.error:
+            raise self.error
+        if path == "/api/v1/nodes":
+            return {"items": [{"metadata": {"name": "node-1"}}, {"metadata": {"name": "node-2"}}]}
+        return {"items": [{"metadata": {"name": "node-1"},
+                           "status": {"profiles": {"seccomp/apps/p": {"contentHash": "sha256:1", "state": "Installed"}}}}]}
+
+
+async def test_start_up_seeds_nodes_and_reports_before_any_profile() -> None:
+    state = ClusterState()
+    await seed(state, ListingApi(), admission=False)  # type: ignore[arg-type]
+    assert state.nodes == {"node-1", "node-2"}
+    entry = state.node_entries("seccomp/apps/p")["node-1"]
+    assert entry is not None
+    assert entry.state == "Installed"
+
+
+async def test_start_up_without_the_api_starts_empty_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    state = ClusterState()
+    await seed(state, ListingApi(OSError("connection refused")), admission=False)  # type: ignore[arg-type]
+    assert state.nodes == set()
+    assert "starting without the initial node listing (connection refused)" in caplog.text
+
+
+async def test_start_up_with_the_webhook_needs_its_listing() -> None:
+    """The webhook must not serve from a half-built state: without the listing the start-up fails (Kopf retries)."""
+    with pytest.raises(OSError, match="connection refused"):
+        await seed(ClusterState(), ListingApi(OSError("connection refused")), admission=True)  # type: ignore[arg-type]
+
+
+def test_events_for_phase_changes_new_failing_nodes_and_new_findings() -> None:
+    ok, broken = Entry("sha256:new", "Installed"), Entry("sha256:new", "Error", "disk full")
+    installing = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok})
+    one_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken})
+    two_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken, "n3": broken})
+    assert aggregate.event_for({}, installing) == aggregate.EventNote("Normal", "Installing", "installed on 1 of 3 node(s)")
+    note = aggregate.event_for(installing, one_failed)
+    assert note is not None and (note.type, note.reason) == ("Warning", "NodeFailed") and "n2: disk full" in note.message
+    # Still Error, one more node failing: a person wants to hear about n3 (and only n3).
+    assert aggregate.event_for(one_failed, two_failed) == aggregate.EventNote(
+        "Warning", "NodeFailed", "failed on 1 more node(s): n3: disk full")
+    assert aggregate.event_for(two_failed, two_failed) is None
+    assert aggregate.event_for(two_failed, one_failed) is None  # a recovery within Error is no news
+    invalid = aggregate.status(state_of(findings=(Finding("spec.defaultAction", "required"),), content_hash=None),
+                               ["n1"], {})
+    edited = aggregate.status(state_of(findings=(Finding("spec.syscalls[0].names[0]", "unknown syscall 'x'"),),
+                                       content_hash=None), ["n1"], {})
+    assert aggregate.event_for(invalid, invalid) is None
+    note = aggregate.event_for(invalid, edited)
+    assert note is not None and note.reason == "Invalid" and "unknown syscall 'x'" in note.message
