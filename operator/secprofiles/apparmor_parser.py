@@ -107,7 +107,7 @@ async def defined_names(policy_path: Path) -> tuple[list[str], str]:
     code, out, err = await _run("-N", "-K", str(policy_path))
     if code != 0:
         return [], _message(err, code, 0)
-    return out.split(), ""
+    return [line.strip() for line in out.splitlines() if line.strip()], ""  # one per line; names may hold spaces
 
 
 async def check(text: bytes, profile_name: str, line_offset: int = 0) -> list[Finding]:

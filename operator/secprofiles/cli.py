@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--name", help="object name (default: from the file or profile name)")
     p.add_argument("--namespace", help="namespace of a SeccompProfile (default: none set)")
+    p.add_argument("--profile", help="AppArmor: which top-level profile of the file to import (default: the first)")
     p.add_argument("--arch", default=None,
                    help="architecture to resolve archMap/includes for: Go (amd64) or OCI (SCMP_ARCH_X86_64) "
                         "name; default this machine's")
@@ -135,17 +136,22 @@ def _import(args: argparse.Namespace) -> int:
     if arch not in syscalls.OCI_TO_LIBSECCOMP:
         return _usage(f"unknown architecture {args.arch!r}; use e.g. amd64, arm64 or SCMP_ARCH_X86_64")
     try:
-        if importer.detect(text) == "seccomp":
+        recognised = importer.recognise(text)
+        if recognised.format == importer.SECCOMP_JSON:
             name = args.name or importer.dns_name(args.file.name.removesuffix(".json"))
             caps = tuple(c.strip() for c in args.capabilities.split(",") if c.strip())
-            result = importer.import_seccomp(text, name, args.namespace, arch, caps)
+            result = importer.import_seccomp(recognised.text, name, args.namespace, arch, caps)
             comments = [f"Imported from {args.file.name} for {arch} with capabilities {','.join(caps)}"]
-        else:
-            result = importer.import_apparmor(text, args.name)
+        elif recognised.format == importer.APPARMOR_TEXT:
+            result = importer.import_apparmor(recognised.text, args.name, args.profile)
             comments = [f"Imported from {args.file.name}"]
+        else:
+            raise importer.UnsupportedInputError("Kubernetes objects: only Security Profiles Operator resources "
+                                                 "can be imported")
     except importer.UnsupportedInputError as error:
         print(f"secprofiles: {args.file}: {error}", file=sys.stderr)
         return EXIT_FINDINGS
+    result.notes[:0] = recognised.notes
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     sys.stdout.write(yamlout.dump(result.obj, comments + result.notes))

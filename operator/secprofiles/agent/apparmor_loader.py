@@ -92,7 +92,7 @@ async def verify(name: str, text_path: Path) -> list[str]:
             PARSER, "-N", "-K", str(text_path), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         out, err = await process.communicate()
-        names = out.decode(errors="replace").split()
+        names = [n.strip() for n in out.decode(errors="replace").splitlines() if n.strip()]
         if process.returncode != 0:
             message = " ".join(line.strip() for line in err.decode(errors="replace").splitlines()
                                if line.strip() and "Cache" not in line)
