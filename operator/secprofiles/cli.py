@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from secprofiles import importer, lint, schema, syscalls, yamlout
+from secprofiles import importer, lint, schema, spo, syscalls, yamlout
 from secprofiles.documents import DocumentError, load_file
+from secprofiles.findings import Finding
 from secprofiles.profiles import evaluate_sync
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -33,10 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="default", help="namespace of objects that name none")
     p.add_argument("--output-dir", type=Path, help="write every profile's file under DIR at its node path")
 
-    p = commands.add_parser("import", help="turn a seccomp JSON or AppArmor profile file into CR YAML")
+    p = commands.add_parser("import", help="turn a seccomp JSON or AppArmor profile file, or Security Profiles "
+                                           "Operator resources, into CR YAML")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--name", help="object name (default: from the file or profile name)")
-    p.add_argument("--namespace", help="namespace of a SeccompProfile (default: none set)")
+    p.add_argument("--namespace", help="namespace of a SeccompProfile or ProfileBinding (default: none set; SPO "
+                                       "objects keep theirs unless this is given)")
     p.add_argument("--profile", help="AppArmor: which top-level profile of the file to import (default: the first)")
     p.add_argument("--arch", default=None,
                    help="architecture to resolve archMap/includes for: Go (amd64) or OCI (SCMP_ARCH_X86_64) "
@@ -126,6 +129,35 @@ def _render(args: argparse.Namespace) -> int:
     return status
 
 
+def _import_spo(args: argparse.Namespace, text: str) -> int:
+    """Security Profiles Operator resources: every object of the file, each with its notes, then linted."""
+    migration = spo.migrate_text(text, args.namespace)
+    if not migration.imported and not migration.skipped:
+        raise importer.UnsupportedInputError("no objects in the file")
+    if not migration.imported and all("not a Security Profiles Operator" in s for s in migration.skipped):
+        raise importer.UnsupportedInputError("Kubernetes objects, but none of the Security Profiles Operator: "
+                                             "nothing to import")
+    for skipped in migration.skipped:
+        print(f"secprofiles: {args.file}: not imported: {skipped}", file=sys.stderr)
+    specs = {(r.obj["metadata"].get("namespace"), r.obj["metadata"]["name"]): r.obj["spec"]
+             for r in migration.imported if r.obj["kind"] == schema.SECCOMP_PROFILE}
+    status = EXIT_FINDINGS if migration.skipped else EXIT_CLEAN
+    for index, result in enumerate(migration.imported):
+        label = f"{result.obj['kind']}/{result.obj['metadata']['name']}"
+        for note in result.notes:
+            print(f"note: {label}: {note}", file=sys.stderr)
+        sys.stdout.write(("---\n" if index else "") + yamlout.dump(result.obj, [f"Imported from {args.file.name}",
+                                                                             *result.notes]))
+        if result.obj["kind"] == schema.PROFILE_BINDING:
+            findings: tuple[Finding, ...] = tuple(schema.validate(result.obj))
+        else:
+            findings = evaluate_sync(result.obj, lambda ns, n: specs.get((ns, n))).findings
+        for finding in findings:
+            print(f"{args.file}: {label}: {finding}", file=sys.stderr)
+        status = EXIT_FINDINGS if findings else status
+    return status
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -146,8 +178,7 @@ def _import(args: argparse.Namespace) -> int:
             result = importer.import_apparmor(recognised.text, args.name, args.profile)
             comments = [f"Imported from {args.file.name}"]
         else:
-            raise importer.UnsupportedInputError("Kubernetes objects: only Security Profiles Operator resources "
-                                                 "can be imported")
+            return _import_spo(args, recognised.text)
     except importer.UnsupportedInputError as error:
         print(f"secprofiles: {args.file}: {error}", file=sys.stderr)
         return EXIT_FINDINGS
