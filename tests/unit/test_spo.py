@@ -49,7 +49,7 @@ def test_seccomp_profiles_of_every_version_map_field_by_field(version: str, grou
 def test_namespace_is_chosen_by_the_flag_and_required_for_cluster_scoped_objects() -> None:
     obj = seccomp()
     del obj["metadata"]["namespace"]  # type: ignore[attr-defined]
-    with pytest.raises(importer.UnsupportedInputError, match="metadata.namespace: .*--namespace"):
+    with pytest.raises(importer.UnsupportedInputError, match=r"metadata.namespace: .*--namespace"):
         spo.migrate(obj, None)
     assert spo.migrate(obj, "apps").obj["metadata"]["namespace"] == "apps"
     moved = spo.migrate(seccomp(), "apps")
@@ -95,7 +95,7 @@ def test_bindings_select_by_image_in_the_chosen_namespace() -> None:
     assert result.obj["spec"] == {"profileRef": {"kind": "SeccompProfile", "name": "p"}, "images": ["nginx:*"]}
     assert schema.validate(result.obj) == []
     selinux = {**binding, "spec": {"profileRef": {"kind": "SelinuxProfile", "name": "p"}, "image": "x"}}
-    with pytest.raises(importer.UnsupportedInputError, match="spec.profileRef.kind"):
+    with pytest.raises(importer.UnsupportedInputError, match=r"spec\.profileRef\.kind"):
         spo.migrate(selinux, "apps")
 
 
