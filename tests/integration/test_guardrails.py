@@ -196,7 +196,7 @@ def test_pods_must_run_with_a_confining_seccomp_profile(guarded: DevCluster, ten
         (pod("unconfined-init", pod_type="RuntimeDefault", init=True), ("spec.initContainers[setup]",)),
         (pod("privileged", pod_type="RuntimeDefault", privileged=True), ("containers[app]", "privileged")),
     ]
-    example = [refused(cluster, obj, tenant_token, *words) for obj, words in refusals][0]
+    messages = [refused(cluster, obj, tenant_token, *words) for obj, words in refusals]
     admitted(cluster, pod("runtime-default", pod_type="RuntimeDefault"), tenant_token)
     admitted(cluster, pod("localhost", container_type="Localhost"), tenant_token)
     admitted(cluster, pod("mixed", pod_type="Unconfined", container_type="RuntimeDefault"), tenant_token)
@@ -205,7 +205,7 @@ def test_pods_must_run_with_a_confining_seccomp_profile(guarded: DevCluster, ten
     admitted(cluster, other, None)
     report_figure(f"guardrail on pods: {len(refusals)} tenant pods refused (no profile, Unconfined at pod, container "
                   "and init level, privileged), 3 admitted (RuntimeDefault, Localhost, container overriding pod), "
-                  f"1 in an unselected namespace admitted; e.g. {example!r}")
+                  f"1 in an unselected namespace admitted; e.g. {messages[0]!r}")
 
 
 def test_the_operator_is_confined_to_status_and_its_finalizer_and_never_blocked(guarded: DevCluster) -> None:
