@@ -246,12 +246,8 @@ def rule_keyword(statement: syntax.Statement) -> tuple[str, bool]:
     """The rule's first word after qualifiers (audit, deny, owner, priority=…), and whether it is a deny rule."""
     deny = False
     for token in statement.tokens:
-        if token.kind == syntax.WORD and token.text in ("audit", "allow", "owner", "quiet", "kill", "prompt"):
-            continue
-        if token.kind == syntax.WORD and token.text == "deny":
-            deny = True
-            continue
-        if token.kind == syntax.WORD and token.text.startswith("priority="):
+        if token.kind == syntax.WORD and (token.text in syntax.QUALIFIERS or token.text.startswith("priority=")):
+            deny = deny or token.text == "deny"
             continue
         return token.text, deny
     return "", deny

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 # Kinds of tokens.
 WORD, QUOTED, ARROW, CARET, OPEN, CLOSE, COMMA, GROUP = "word", "quoted", "->", "^", "{", "}", ",", "()"
 # Kinds of statements.
-INCLUDE, ABI, ASSIGNMENT, RULE, HEADER, CLOSING = "include", "abi", "assignment", "rule", "header", "closing"
+INCLUDE, ASSIGNMENT, RULE, HEADER, CLOSING = "include", "assignment", "rule", "header", "closing"
 # Kinds of blocks.
 PROFILE, HAT, CONDITIONAL, UNKNOWN_BLOCK = "profile", "hat", "conditional", "block"
 
 # File rule permissions as the parser's lexer reads them (MODE_CHARS): exec modes are the x-forms.
 MODES = re.compile(r"^(?:[RrWwaLlMmkXx]|[PpCc][Xx]|[PpCc]?[IiUu][Xx])+$")
-_QUALIFIERS = frozenset({"audit", "deny", "allow", "owner", "quiet", "kill", "prompt", "complain"})
+# Rule qualifiers that may precede a rule or block (``audit deny owner /x w,``); ``priority=N`` is one too.
+QUALIFIERS = frozenset({"audit", "deny", "allow", "owner", "quiet", "kill", "prompt"})
 _ASSIGNMENT = re.compile(r"(?:@\{[A-Za-z][A-Za-z0-9_]*\}|\$\{?[A-Za-z][A-Za-z0-9_]*\}?)[ \t]*(?:\+=|\?=|:=|=)")
 _INCLUDE_HASH = re.compile(r"#include")
 _INCLUDE_WORD = re.compile(r"include[ \t]")
@@ -145,7 +146,7 @@ def parse(text: str) -> Policy:
 
 def _block(header: Statement) -> Block:
     tokens = list(header.tokens)
-    while tokens and tokens[0].kind == WORD and tokens[0].text in _QUALIFIERS:
+    while tokens and tokens[0].kind == WORD and tokens[0].text in QUALIFIERS:
         tokens.pop(0)
     first = tokens[0] if tokens else None
     if first is None:
