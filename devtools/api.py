@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from secprofiles.kube.client import Credentials, KubeApi
+from secprofiles.kube.client import ApiError, Credentials, KubeApi
 from secprofiles.objects import Object
 
 T = TypeVar("T")
@@ -69,6 +69,15 @@ class SyncApi:
     def delete(self, path: str) -> None:
         """See ``KubeApi.delete`` (a missing object is not an error)."""
         self.run(self.api.delete(path))
+
+    def refusal(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+                content_type: str = "application/json") -> ApiError | None:
+        """The API server's refusal of one request, or None when it succeeded (for tests of admission rules)."""
+        try:
+            self.request(method, path, body, params, content_type)
+        except ApiError as error:
+            return error
+        return None
 
     def close(self) -> None:
         """Close the connections and stop the loop's thread."""

@@ -65,6 +65,11 @@ def cannot_run(what: str) -> str:
     return CANNOT_RUN + what
 
 
+# Real-world profiles written by others (../shared/corpus, beside the checkout in CI): read in place, never copied.
+CORPUS = REPO.parent / "shared" / "corpus"
+needs_corpus = pytest.mark.skipif(not (CORPUS / "SOURCES.tsv").is_file(),
+                                  reason=missing_install(f"the shared corpus at {CORPUS}"))
+
 needs_apparmor_parser = pytest.mark.skipif(
     shutil.which("apparmor_parser") is None, reason=missing_install("apparmor_parser (Debian package apparmor)"))
 

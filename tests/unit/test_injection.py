@@ -105,7 +105,7 @@ def loader(tmp_path: Path) -> RecordingLoader:
 HOSTILE_LOADS = {
     "defines a host profile": ("demo", policy("", header="profile docker-default")),
     "defines the expected and another profile": ("demo", policy("demo") + "profile other {\n  file,\n}\n"),
-    "defines a hat": ("demo", policy("demo", "^hat {\n  }")),
+    "defines a child of another profile": ("demo", policy("demo") + "profile docker-default//x {\n  file,\n}\n"),
     "named like a host profile": ("docker-default", policy("docker-default")),
     "named like the runtime's": ("cri-containerd.apparmor.d", policy("cri-containerd.apparmor.d")),
     "named unconfined": ("unconfined", policy("unconfined")),
@@ -134,3 +134,18 @@ async def test_the_agent_loads_a_policy_defining_its_own_name(loader: RecordingL
     path.write_text(policy("demo"))
     await loader.load("demo", path, complain=True)
     assert loader.loaded_names() == {"docker-default", "demo"}
+
+
+@needs_apparmor_parser
+async def test_children_and_hats_are_loaded_replaced_and_removed_with_their_parent(
+        loader: RecordingLoader, tmp_path: Path) -> None:
+    path = tmp_path / "policy.apparmor"
+    path.write_text(policy("demo", "/bin/sh Cx -> child,\n  ^hat {\n  }\n  profile child {\n    file,\n  }"))
+    await loader.load("demo", path, complain=False)
+    assert (loader.securityfs / "profiles").read_text() == (
+        "demo (enforce)\ndemo//child (enforce)\ndemo//hat (enforce)\ndocker-default (enforce)\n")
+    path.write_text(policy("demo", "^hat {\n  }"))  # a new version without the child: the kernel drops it
+    await loader.load("demo", path, complain=True)
+    assert loader.loaded_names() == {"demo", "demo//hat", "docker-default"}
+    await loader.remove("demo", path)
+    assert loader.loaded_names() == {"docker-default"}

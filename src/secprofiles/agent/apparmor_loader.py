@@ -8,6 +8,10 @@ host root's *simulated* securityfs file ``sys/kernel/security/apparmor/profiles`
 profiles through the same code for both loaders, and, like kernel state, it survives an agent restart; a
 test simulates a reboot (kernel state lost) by emptying that file. It refuses a host root of ``/``.
 
+A policy defines one profile and possibly its children and hats (kernel names ``<name>//<child>``); they are
+loaded, replaced and removed together with it, as the kernel does: replacing a profile replaces its children,
+removing it removes them. The agent's own name check accepts exactly ``<name>`` plus ``<name>//…``.
+
 ``SourceStore`` keeps, under the agent's state directory, the text of every profile the agent loaded:
 ``apparmor_parser -R`` needs the text to remove a profile, and the store is also the agent's record of
 which loaded profiles are its own (it never replaces one it did not load).
@@ -75,10 +79,11 @@ async def run_parser(*args: str) -> None:
         raise LoadError(f"apparmor_parser {' '.join(args[:-1])} failed: {message or f'exit {process.returncode}'}")
 
 
-async def verify(name: str, text_path: Path) -> None:
+async def verify(name: str, text_path: Path) -> list[str]:
     """The agent's own check before any load or removal, whatever the operator decided: the text must define
-    exactly one profile, named ``name``, and that name must be a DNS-1123 subdomain and no host or runtime
-    profile. Raises LoadError."""
+    exactly one top-level profile, named ``name``, plus only its own children and hats (``name//…``), and that
+    name must be a DNS-1123 subdomain and no host or runtime profile. Returns the names it defines; raises
+    LoadError."""
     problems = [str(f) for f in apparmor.check_name(name)]
     if not is_dns1123_subdomain(name):
         problems.append(f"{name!r} is not a DNS-1123 subdomain")
@@ -87,16 +92,17 @@ async def verify(name: str, text_path: Path) -> None:
             PARSER, "-N", "-K", str(text_path), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         out, err = await process.communicate()
-        names = out.decode(errors="replace").split()
+        names = [n.strip() for n in out.decode(errors="replace").splitlines() if n.strip()]
         if process.returncode != 0:
             message = " ".join(line.strip() for line in err.decode(errors="replace").splitlines()
                                if line.strip() and "Cache" not in line)
             problems.append(f"apparmor_parser -N failed: {message or f'exit {process.returncode}'}")
-        elif names != [name]:
+        elif not apparmor.defines_only(name, names):
             problems.append(f"the policy defines {', '.join(map(repr, names)) or 'no profile'}; expected exactly "
-                            f"{name!r}")
-    if problems:
-        raise LoadError(f"refusing to load AppArmor profile {name!r}: {'; '.join(problems)}")
+                            f"{name!r} and only its own children and hats ({name}//…)")
+        else:
+            return names
+    raise LoadError(f"refusing to load AppArmor profile {name!r}: {'; '.join(problems)}")
 
 
 class KernelLoader:
@@ -130,29 +136,30 @@ class RecordingLoader:
         self.securityfs = host_root / SECURITYFS
 
     async def load(self, name: str, text_path: Path, complain: bool) -> None:
-        """Compile with ``apparmor_parser -Q -K`` and record ``name (enforce|complain)``."""
-        await verify(name, text_path)
+        """Compile with ``apparmor_parser -Q -K`` and record ``name (enforce|complain)`` and a line per child and
+        hat, as the kernel lists them; children of an earlier version that are gone are dropped."""
+        names = await verify(name, text_path)
         await run_parser("-Q", "-K", *(["-C"] if complain else []), str(text_path))
-        self._update(name, "complain" if complain else "enforce")
+        self._update(name, names, "complain" if complain else "enforce")
 
     async def remove(self, name: str, text_path: Path) -> None:
-        """Check the text is there (``-R`` would parse it: ``-Q -K`` does the same) and record the removal."""
+        """Check the text is there (``-R`` would parse it: ``-Q -K`` does the same) and record the removal of
+        the profile and its children."""
         await verify(name, text_path)
         await run_parser("-Q", "-K", str(text_path))
-        self._update(name, None)
+        self._update(name, [], None)
 
     def loaded_names(self) -> set[str]:
         """The simulated kernel's list."""
         return set(read_profiles_file(self.securityfs / "profiles"))
 
-    def _update(self, name: str, mode: str | None) -> None:
+    def _update(self, name: str, names: list[str], mode: str | None) -> None:
         if not self.securityfs.is_dir():
             raise LoadError("AppArmor securityfs is missing")
-        loaded = read_profiles_file(self.securityfs / "profiles")
-        if mode is None:
-            loaded.pop(name, None)
-        else:
-            loaded[name] = mode
+        loaded = {n: m for n, m in read_profiles_file(self.securityfs / "profiles").items()
+                  if n != name and not n.startswith(name + "//")}
+        if mode is not None:
+            loaded.update((n, mode) for n in names)
         text = "".join(f"{n} ({m})\n" for n, m in sorted(loaded.items()))
         fd = os.open(self.securityfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:

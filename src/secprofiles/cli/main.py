@@ -11,10 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from secprofiles.cli import importer, lint, yamlout
+from secprofiles.cli import importer, lint, spo, yamlout
 from secprofiles.cli.documents import DocumentError, load_file
 from secprofiles.model import schema, seccomp, syscalls
 from secprofiles.model.evaluate import evaluate_sync
+from secprofiles.model.findings import Finding
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -34,10 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="default", help="namespace of objects that name none")
     p.add_argument("--output-dir", type=Path, help="write every profile's file under DIR at its node path")
 
-    p = commands.add_parser("import", help="turn a seccomp JSON or AppArmor profile file into CR YAML")
+    p = commands.add_parser("import", help="turn a seccomp JSON or AppArmor profile file, or Security Profiles "
+                                           "Operator resources, into CR YAML")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--name", help="object name (default: from the file or profile name)")
-    p.add_argument("--namespace", help="namespace of a SeccompProfile (default: none set)")
+    p.add_argument("--namespace", help="namespace of a SeccompProfile or ProfileBinding (default: none set; SPO "
+                                       "objects keep theirs unless this is given)")
+    p.add_argument("--profile", help="AppArmor: which top-level profile of the file to import (default: the first)")
     p.add_argument("--arch", default=None,
                    help="architecture to resolve archMap/includes for: Go (amd64) or OCI (SCMP_ARCH_X86_64) "
                         "name; default this machine's")
@@ -128,6 +132,35 @@ def _render(args: argparse.Namespace) -> int:
     return status
 
 
+def _import_spo(args: argparse.Namespace, text: str) -> int:
+    """Security Profiles Operator resources: every object of the file, each with its notes, then linted."""
+    migration = spo.migrate_text(text, args.namespace)
+    if not migration.imported and not migration.skipped:
+        raise importer.UnsupportedInputError("no objects in the file")
+    if not migration.imported and all("not a Security Profiles Operator" in s for s in migration.skipped):
+        raise importer.UnsupportedInputError("Kubernetes objects, but none of the Security Profiles Operator: "
+                                             "nothing to import")
+    for skipped in migration.skipped:
+        print(f"secprofiles: {args.file}: not imported: {skipped}", file=sys.stderr)
+    specs = {(r.obj["metadata"].get("namespace"), r.obj["metadata"]["name"]): r.obj["spec"]
+             for r in migration.imported if r.obj["kind"] == schema.SECCOMP_PROFILE}
+    status = EXIT_FINDINGS if migration.skipped else EXIT_CLEAN
+    for index, result in enumerate(migration.imported):
+        label = f"{result.obj['kind']}/{result.obj['metadata']['name']}"
+        for note in result.notes:
+            print(f"note: {label}: {note}", file=sys.stderr)
+        sys.stdout.write(("---\n" if index else "") + yamlout.dump(result.obj, [f"Imported from {args.file.name}",
+                                                                             *result.notes]))
+        if result.obj["kind"] == schema.PROFILE_BINDING:
+            findings: tuple[Finding, ...] = tuple(schema.validate(result.obj))
+        else:
+            findings = evaluate_sync(result.obj, lambda ns, n: specs.get((ns, n))).findings
+        for finding in findings:
+            print(f"{args.file}: {label}: {finding}", file=sys.stderr)
+        status = EXIT_FINDINGS if findings else status
+    return status
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -138,17 +171,21 @@ def _import(args: argparse.Namespace) -> int:
     if arch not in syscalls.OCI_TO_LIBSECCOMP:
         return _usage(f"unknown architecture {args.arch!r}; use e.g. amd64, arm64 or SCMP_ARCH_X86_64")
     try:
-        if importer.detect(text) == "seccomp":
+        recognised = importer.recognise(text)
+        if recognised.format == importer.SECCOMP_JSON:
             name = args.name or importer.dns_name(args.file.name.removesuffix(".json"))
             caps = tuple(c.strip() for c in args.capabilities.split(",") if c.strip())
-            result = importer.import_seccomp(text, name, args.namespace, arch, caps)
+            result = importer.import_seccomp(recognised.text, name, args.namespace, arch, caps)
             comments = [f"Imported from {args.file.name} for {arch} with capabilities {','.join(caps)}"]
-        else:
-            result = importer.import_apparmor(text, args.name)
+        elif recognised.format == importer.APPARMOR_TEXT:
+            result = importer.import_apparmor(recognised.text, args.name, args.profile)
             comments = [f"Imported from {args.file.name}"]
+        else:
+            return _import_spo(args, recognised.text)
     except importer.UnsupportedInputError as error:
         print(f"secprofiles: {args.file}: {error}", file=sys.stderr)
         return EXIT_FINDINGS
+    result.notes[:0] = recognised.notes
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     sys.stdout.write(yamlout.dump(result.obj, comments + result.notes))

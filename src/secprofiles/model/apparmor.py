@@ -1,10 +1,14 @@
 """AppArmorProfile: policy checks and rendering to the text a node loads.
 
-A policy may define exactly one profile, named exactly like the object, and nothing that could touch
-other profiles or the host: no hats or child profiles, no transitions or change_profile to other
-profiles, no unconfined execution, no attachment paths, no includes outside the standard
-abstractions/tunables/abi. These checks are lexical and deliberately strict; the AppArmor parser
-then double-checks syntax and the names the text defines (see ``apparmor_parser``).
+A policy defines exactly one top-level profile, named exactly like the object, plus any child profiles and
+hats inside it: their kernel names are ``<name>//<child>``, so they cannot replace or reach another profile.
+Refused, each naming the line and the rule: a second top-level profile, attachments of the profile (pods select
+it by name), exec transitions and ``change_profile``/``pivot_root`` to anything but the profile itself and its
+children (``Px -> <name>//child``, ``Cx -> child``, ``^hat``), unconfined execution (``ux``, ``PUx``, …),
+includes outside ``<abstractions/…>``, ``<tunables/…>``, ``<abi/…>``, the ``unconfined`` flag anywhere, a
+``complain`` child in an enforcing profile, a mode flag contradicting ``spec.mode``, host/runtime profile
+names and control characters. The grammar is read by ``apparmor_syntax`` (the parser's lexer rules); syntax,
+the names the text defines and the includes it follows are then confirmed by the parser (``apparmor_parser``).
 """
 
 from __future__ import annotations
@@ -13,31 +17,26 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from secprofiles.model import apparmor_syntax as syntax
 from secprofiles.model import schema
 from secprofiles.model.findings import Finding
 from secprofiles.model.seccomp import content_hash
 from secprofiles.objects import Object
 
 MAX_POLICY_BYTES = 65536
+RENDER_HEADER_LINES = 1  # the "# secprofiles: …" line ``render`` puts before the policy
 # Profiles that belong to the host or the container runtimes: never defined through secprofiles.
 RESERVED_NAMES = frozenset({"unconfined", "docker-default", "cri-containerd.apparmor.d", "crio-default", "podman",
                             "runc", "crun", "buildah", "lxc-default"})
 RESERVED_PREFIXES = ("cri-containerd", "docker-", "crio-", "containers-default", "lxc-", "snap.", "snap-")
 _SAFE_FLAGS = frozenset({"attach_disconnected", "no_attach_disconnected", "mediate_deleted", "delegate_deleted",
-                         "chroot_relative", "namespace_relative", "chroot_attach", "chroot_no_attach"})
+                         "chroot_relative", "namespace_relative", "chroot_attach", "chroot_no_attach",
+                         "interruptible"})
+_SAFE_FLAG_PREFIXES = ("attach_disconnected.path=", "attach_disconnected.ipc=", "kill.signal=", "error=")
 _DEFAULT_FLAGS = "attach_disconnected,mediate_deleted"
-
-_INCLUDE = re.compile(r'^#?\s*include(?:\s+if\s+exists)?\s*(?P<target><[^>]*>|"[^"]*"|(?<=\s)\S+)\s*$')
-# What the parser's lexer takes for an include (no space needed before '<' or '"'): never a mere comment here.
-_INCLUDE_KEYWORD = re.compile(r'^(#include|include)(\s|<|"|$)')
-_INCLUDE_TARGET = re.compile(r"^<(abstractions|tunables|abi)/[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*>$")
-_ABI = re.compile(r"^abi\s+(?P<target><[^>]*>|\S+)\s*,$")
-_VARIABLE = re.compile(r"^@\{[A-Za-z0-9_]+\}\s*\+?=")
-_PROFILE = re.compile(
-    r'^profile\s+(?P<name>"[^"]*"|\S+)(?P<attach>\s+(?!flags\b)[^\s{]+)?'
-    r"(?:\s+flags\s*=\s*\((?P<flags>[^)]*)\))?\s*\{$"
-)
-_PERMS = re.compile(r"^[rwaklmixPpCcUu]+$")
+# Where includes may come from: the node's standard AppArmor files (a policy cannot read host files through them).
+ALLOWED_INCLUDE = re.compile(r"^<(abstractions|tunables|abi)/[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*>$")
+_PLAIN_CHILD = re.compile(r"^[^/:&@\s^]+$")
 
 
 @dataclass(frozen=True)
@@ -57,14 +56,35 @@ class Rendered:
 
 def check_name(name: str) -> list[Finding]:
     """Reject names of host and runtime profiles: loading them would replace host policy."""
-    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+    if is_reserved(name):
         return [Finding("metadata.name", f"{name!r} is the name of a host or container-runtime profile; "
                                          "choose another name")]
     return []
 
 
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` belongs to the host or a container runtime."""
+    return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES)
+
+
+def defines_only(name: str, defined: list[str]) -> bool:
+    """Whether the kernel names a policy defines (``apparmor_parser -N``) are ``name`` and its children/hats."""
+    return name in defined and all(d == name or d.startswith(name + "//") for d in defined)
+
+
+def include_allowed(target: str) -> bool:
+    """Whether an include/abi target is one of the node's standard AppArmor files."""
+    return bool(ALLOWED_INCLUDE.match(target)) and ".." not in target
+
+
+def is_own_profile(target: str, name: str) -> bool:
+    """A transition target that stays inside profile ``name``: itself or one of its children or hats."""
+    return target == name or (target.startswith(name + "//") and "&" not in target and "@{" not in target
+                              and ":" not in target)
+
+
 def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]:
-    """Lexical checks of a raw policy; every finding names ``spec.policy`` and the line."""
+    """Checks of a raw policy; every finding names ``spec.policy``, the line and the rule."""
     field = "spec.policy"
     if len(policy.encode()) > MAX_POLICY_BYTES:
         return [Finding(field, f"policy is {len(policy.encode())} bytes; the limit is {MAX_POLICY_BYTES}")]
@@ -76,57 +96,26 @@ def check_policy(name: str, policy: str, mode: str = "enforce") -> list[Finding]
     if findings:
         return findings
 
-    profiles: list[tuple[int, str]] = []
-    depth = 0
-    for lineno, raw in enumerate(policy.split("\n"), 1):
-        line = _strip_comment(raw).strip()
-        if not line:
-            continue
-
-        include = _INCLUDE.match(line)
-        if include or _INCLUDE_KEYWORD.match(line):
-            target = include["target"] if include else line
-            if not _INCLUDE_TARGET.match(target) or ".." in target:
-                findings.append(_at(lineno, f"include {_clip(target)} is not allowed; "
-                                            "only <abstractions/…>, <tunables/…> and <abi/…>"))
-            continue
-        if abi := _ABI.match(line):
-            if not _INCLUDE_TARGET.match(abi["target"]) or not abi["target"].startswith("<abi/"):
-                findings.append(_at(lineno, f"abi {abi['target']} is not allowed; only <abi/…>"))
-            continue
-        if depth == 0:
-            if _VARIABLE.match(line):
-                continue
-            header = _PROFILE.match(line)
-            if header is None:
-                what = "hats" if line.startswith(("^", "hat ")) else "statement"
-                findings.append(_at(lineno, f"unexpected top-level {what} {_clip(line)!r}; "
-                                            f"define one 'profile {name} {{ … }}'"))
-                if line.endswith("{"):
-                    depth += 1
-                continue
-            findings.extend(_check_header(header, name, mode, lineno))
-            profiles.append((lineno, header["name"].strip('"')))
-            depth = 1
-            continue
-        if line == "}":
-            depth -= 1
-            continue
-        if line.endswith("{") or line.startswith(("^", "hat ", "profile ")):
-            findings.append(_at(lineno, "hats and child profiles are not allowed"))
-            depth += 1 if line.endswith("{") else 0
-            continue
-        if depth > 1:
-            continue
-        findings.extend(_at(lineno, message) for message in _check_rule(line, name))
-    if depth != 0:
-        findings.append(Finding(field, "unbalanced braces: a '{' is never closed"))
+    parsed = syntax.parse(policy)
+    findings += [_at(line, f"unbalanced braces: {message}") for line, message in parsed.problems]
+    profiles: list[syntax.Block] = []
+    findings += _check_top_level(parsed.items, name, profiles)
     if not profiles:
         findings.append(Finding(field, f"defines no profile; expected 'profile {name} {{ … }}'"))
-    elif len(profiles) > 1:
-        extra = ", ".join(f"{n!r} (line {at})" for at, n in profiles[1:])
-        findings.append(Finding(field, f"defines {len(profiles)} profiles; only one is allowed (extra: {extra})"))
-    return findings
+        return findings
+    if len(profiles) > 1:
+        extra = ", ".join(f"{p.name!r} (line {p.line})" for p in profiles[1:])
+        findings.append(Finding(field, f"defines {len(profiles)} top-level profiles; only one is allowed, with "
+                                       f"children and hats inside it (extra: {extra})"))
+    main = profiles[0]
+    findings += _check_main_header(main, name, mode)
+    findings += _check_body(main, name, mode)
+    return sorted(set(findings), key=_by_line)
+
+
+def _by_line(finding: Finding) -> tuple[int, str]:
+    match = re.match(r"line (\d+):", finding.message)
+    return (int(match[1]) if match else 0, finding.message)
 
 
 def _at(lineno: int, message: str) -> Finding:
@@ -140,71 +129,169 @@ def _is_control(char: str) -> bool:
     return (code < 32 and char != "\t") or 127 <= code <= 159 or char in "\u2028\u2029"
 
 
-def _strip_comment(line: str) -> str:
-    """The line without its comment. '#' starts one outside double quotes (the parser reads a quoted '#' as
-    part of a path), except in an include statement, which keeps its '#'."""
-    stripped = line.strip()
-    before_comment = stripped.split(" #")[0].strip()
-    if _INCLUDE_KEYWORD.match(stripped) or _INCLUDE.match(before_comment):
-        return before_comment
-    quoted = escaped = False
-    for index, char in enumerate(line):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "#" and not quoted:
-            return line[:index]
-    return line
-
-
 def _clip(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _check_header(header: re.Match[str], name: str, mode: str, lineno: int) -> list[Finding]:
-    field = "spec.policy"
+def _statement_text(policy: str, statement: syntax.Statement) -> str:
+    return _clip(policy[statement.start:statement.end])
+
+
+def _check_top_level(items: list[syntax.Statement | syntax.Block], name: str,
+                     profiles: list[syntax.Block]) -> list[Finding]:
     found: list[Finding] = []
-    defined = header["name"].strip('"')
-    if defined != name:
-        found.append(Finding(field, f"line {lineno}: profile is named {defined!r}; it must be named exactly "
-                                    f"like the object, {name!r}"))
-    if header["attach"]:
-        found.append(Finding(field, f"line {lineno}: attachment {header['attach'].strip()!r} is not allowed: it "
-                                    "would confine host programs; pods select the profile by name"))
-    for flag in filter(None, (f.strip() for f in (header["flags"] or "").split(","))):
-        if flag in ("complain", "enforce"):
-            if flag != mode:
-                found.append(Finding(field, f"line {lineno}: flag {flag!r} contradicts spec.mode {mode!r}; "
-                                            "set the mode in spec.mode only"))
-        elif flag not in _SAFE_FLAGS:
-            found.append(Finding(field, f"line {lineno}: profile flag {flag!r} is not allowed"))
+    for item in items:
+        if isinstance(item, syntax.Block):
+            if item.kind == syntax.CONDITIONAL:
+                found += _check_top_level(item.items, name, profiles)
+            elif item.kind == syntax.PROFILE:
+                profiles.append(item)
+            else:
+                what = "hat" if item.kind == syntax.HAT else "block"
+                found.append(_at(item.line, f"unexpected top-level {what} {_clip(' '.join(item.header.words))!r}; "
+                                            f"hats and child profiles belong inside 'profile {name} {{ … }}'"))
+        elif item.kind == syntax.INCLUDE:
+            found += _check_include(item)
+        elif item.kind == syntax.ASSIGNMENT:
+            continue
+        elif item.kind == syntax.RULE and item.words and item.words[0] == "abi":
+            found += _check_abi(item)
+        elif item.kind == syntax.RULE and item.words and item.words[0] == "alias":
+            continue  # path aliases apply to the profiles of this policy only
+        else:
+            found.append(_at(item.line, f"unexpected top-level statement {_clip(' '.join(item.words))!r}; "
+                                        f"define one 'profile {name} {{ … }}'"))
     return found
 
 
-def _check_rule(line: str, name: str) -> list[str]:
-    # Token by token, so a rule split over lines cannot hide its exec mode; '->' is a token even unspaced.
-    words = [w.rstrip(",") for w in line.replace("->", " -> ").split()]
-    if "change_profile" in words:
-        return ["change_profile is not allowed: it lets the workload leave this profile"]
-    if "pivot_root" in words and "->" in words:
-        target = words[words.index("->") + 1].strip('"') if words[-1] != "->" else None
-        if target != name:
-            return [f"pivot_root to profile {target!r} is not allowed: it lets the workload leave this profile"]
-    for position, word in enumerate(words):
-        if not _PERMS.match(word) or "x" not in word:
+def _check_include(statement: syntax.Statement) -> list[Finding]:
+    if include_allowed(statement.target):
+        return []
+    keyword = ("#include" if statement.hash_form else "include") + (" if exists" if statement.if_exists else "")
+    return [_at(statement.line, f"{keyword} {_clip(statement.target) or '(nothing)'} is not allowed; only "
+                                "<abstractions/…>, <tunables/…> and <abi/…>")]
+
+
+def _check_abi(statement: syntax.Statement) -> list[Finding]:
+    target = statement.words[1] if len(statement.words) > 1 else ""
+    if statement.tokens[1:2] and statement.tokens[1].kind == syntax.WORD and target.startswith("<abi/") and \
+            include_allowed(target):
+        return []
+    return [_at(statement.line, f"abi {_clip(target)} is not allowed; only <abi/…>")]
+
+
+def _check_main_header(block: syntax.Block, name: str, mode: str) -> list[Finding]:
+    found: list[Finding] = []
+    if block.name != name:
+        found.append(_at(block.line, f"profile is named {block.name!r}; it must be named exactly like the object, "
+                                     f"{name!r}"))
+    if block.attachment or block.conditions:
+        attachment = " ".join(t.text for t in block.attachment + block.conditions)
+        found.append(_at(block.line, f"attachment {_clip(attachment)!r} is not allowed: it would confine host "
+                                     "programs; pods select the profile by name"))
+    found += _check_flags(block, mode, main=True)
+    return found
+
+
+def _check_flags(block: syntax.Block, mode: str, main: bool) -> list[Finding]:
+    found: list[Finding] = []
+    what = "profile" if main else f"{block.kind} {block.name!r}"
+    for flag in block.flags:
+        if flag in ("complain", "enforce"):
+            if main and flag != mode:
+                found.append(_at(block.line, f"flag {flag!r} contradicts spec.mode {mode!r}; set the mode in "
+                                             "spec.mode only"))
+            elif not main and flag == "complain" and mode == "enforce":
+                found.append(_at(block.line, f"{what} has flag 'complain' in an enforcing profile: it would allow "
+                                             "everything; set the mode in spec.mode only"))
+        elif flag not in _SAFE_FLAGS and not flag.startswith(_SAFE_FLAG_PREFIXES):
+            found.append(_at(block.line, f"{what} flag {flag!r} is not allowed"))
+    return found
+
+
+def _check_body(block: syntax.Block, name: str, mode: str) -> list[Finding]:
+    found: list[Finding] = []
+    for item in block.items:
+        if isinstance(item, syntax.Block):
+            if item.kind == syntax.CONDITIONAL:
+                found += _check_body(item, name, mode)
+                continue
+            if item.kind == syntax.UNKNOWN_BLOCK:
+                found.append(_at(item.line, f"unexpected block {_clip(' '.join(item.header.words))!r}"))
+                continue
+            if not item.name or "//" in item.name or item.name.startswith((":", "&")):
+                found.append(_at(item.line, f"{item.kind} name {item.name!r} is not allowed: children and hats "
+                                            "are named plainly inside their parent"))
+            found += _check_flags(item, mode, main=False)
+            found += _check_body(item, name, mode)
+        elif item.kind == syntax.INCLUDE:
+            found += _check_include(item)
+        elif item.kind == syntax.RULE:
+            rule = _clip(" ".join(item.words) + ",")
+            found += [_at(item.line, f"{message} (rule {rule!r})") for message in check_rule(item, name)]
+        elif item.kind == syntax.ASSIGNMENT:
+            found.append(_at(item.line, "variables are assigned before the profile, not inside it"))
+    return found
+
+
+def transition_target(statement: syntax.Statement) -> syntax.Token | None:
+    """The token after ``->`` in a statement, if any."""
+    for index, token in enumerate(statement.tokens[:-1]):
+        if token.kind == syntax.ARROW:
+            return statement.tokens[index + 1]
+    return None
+
+
+def rule_keyword(statement: syntax.Statement) -> tuple[str, bool]:
+    """The rule's first word after qualifiers (audit, deny, owner, priority=…), and whether it is a deny rule."""
+    deny = False
+    for token in statement.tokens:
+        if token.kind == syntax.WORD and (token.text in syntax.QUALIFIERS or token.text.startswith("priority=")):
+            deny = deny or token.text == "deny"
             continue
-        if "u" in word.lower():
-            return [f"unconfined execution ({word}) is not allowed"]
-        if any(p in word for p in "pPcC"):
-            arrow = words[position + 1:position + 3]
-            target = arrow[1].strip('"') if len(arrow) == 2 and arrow[0] == "->" else None
-            if target != name:
-                to = f"to {target!r}" if target else "to the profile matching the program"
-                return [f"exec transition {word} {to} is not allowed; only ix or a transition to {name!r} itself"]
-    return []
+        return token.text, deny
+    return "", deny
+
+
+def exec_modes(statement: syntax.Statement) -> list[syntax.Token]:
+    """The tokens of a rule that are exec permissions (``x`` forms of the file modes)."""
+    return [t for t in statement.tokens if t.kind == syntax.WORD and syntax.MODES.match(t.text)
+            and "x" in t.text.lower()]
+
+
+def check_rule(statement: syntax.Statement, name: str) -> list[str]:
+    """What makes one rule leave profile ``name`` (its children and hats included); empty when it stays."""
+    keyword, deny = rule_keyword(statement)
+    target_token = transition_target(statement)
+    target = target_token.text if target_token is not None else None
+    if keyword == "change_profile":
+        if target is None:
+            return ["change_profile without '-> <target>' lets the workload move to any profile"]
+        if not is_own_profile(target, name):
+            return [f"change_profile to {target!r} is not allowed: only to {name!r} itself or its children "
+                    f"({name}//…)"]
+        return []
+    if keyword == "pivot_root" and target_token is not None and not is_own_profile(str(target), name):
+        return [f"pivot_root to profile {target!r} is not allowed: it lets the workload leave this profile"]
+    if deny:
+        return []  # a deny rule grants no transition (the parser refuses exec qualifiers there)
+    problems = []
+    for mode in exec_modes(statement):
+        lower = mode.text.lower()
+        if "u" in lower:
+            problems.append(f"unconfined execution ({mode.text}) is not allowed")
+        elif "p" in lower:
+            if target is None:
+                problems.append(f"exec transition {mode.text} to the profile matching the program is not allowed "
+                                f"(it may be a host profile); only ix, Cx to a child, or Px -> {name}//<child>")
+            elif not is_own_profile(target, name):
+                problems.append(f"exec transition {mode.text} -> {target!r} is not allowed: only to {name!r} itself "
+                                f"or its children ({name}//…)")
+        elif "c" in lower and target is not None and not _PLAIN_CHILD.match(target):
+            problems.append(f"exec transition {mode.text} -> {target!r} is not allowed: Cx names a child profile "
+                            "plainly")
+    return problems
 
 
 def render_rules(name: str, rules: dict[str, Any]) -> str:

@@ -54,7 +54,8 @@ async def evaluate(obj: Object, lookup: seccomp.ProfileLookup = _never_found,
                 return Outcome(None, tuple(findings))
             rendered = apparmor.render(obj)
             if native_checks and rendered.content_hash != validated_hash and apparmor_parser.available():
-                findings = await apparmor_parser.check(rendered.content, rendered.profile_name)
+                findings = await apparmor_parser.check(rendered.content, rendered.profile_name,
+                                                      apparmor.RENDER_HEADER_LINES)
                 if findings:
                     return Outcome(None, tuple(findings))
             return Outcome(rendered, ())

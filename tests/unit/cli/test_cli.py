@@ -204,7 +204,7 @@ def test_import_source_apparmor_example(capsys: pytest.CaptureFixture[str]) -> N
 
 
 @pytest.mark.parametrize(("content", "words"), [("{not json", "not valid JSON"), ('{"a": 1}', "no defaultAction"),
-                                                 ("just text", "no 'profile NAME {'")])
+                                                 ("just text", "not recognised")])
 def test_import_rejects_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             content: str, words: str) -> None:
     code, _, err = run(capsys, "import", str(write(tmp_path, "x", content)))

@@ -24,16 +24,17 @@ HOSTILE = {
     "host profile name cri-containerd": (DENY_WRITE.replace(NAME, "cri-containerd.apparmor.d"), "cri-containerd.apparmor.d", "metadata.name"),
     "host profile name docker-default": (DENY_WRITE.replace(NAME, "docker-default"), "docker-default", "metadata.name"),
     "profile named unconfined": (DENY_WRITE.replace(NAME, "unconfined"), "unconfined", "metadata.name"),
-    "absolute path profile": (DENY_WRITE.replace(f"profile {NAME}", "/usr/sbin/sshd"), NAME, "top-level"),
+    "absolute path profile": (DENY_WRITE.replace(f"profile {NAME}", "/usr/sbin/sshd"), NAME, "named exactly"),
     "second profile": (DENY_WRITE + "profile other {\n}\n", NAME, "profiles"),
     "name differs": (DENY_WRITE.replace(NAME, "something-else"), NAME, "must be named exactly"),
-    "hat": (DENY_WRITE.replace("file,", "file,\n  ^sneaky {\n  }"), NAME, "hats"),
-    "hat keyword": (DENY_WRITE.replace("file,", "file,\n  hat sneaky {\n  }"), NAME, "hats"),
-    "child profile": (DENY_WRITE.replace("file,", "profile child {\n  }"), NAME, "child profiles"),
+    "top-level hat": (DENY_WRITE + "^sneaky {\n}\n", NAME, "top-level hat"),
+    "unconfined child": (DENY_WRITE.replace("file,", "profile child flags=(unconfined) {\n  }"), NAME,
+                         "flag 'unconfined'"),
     "change_profile to unconfined": (DENY_WRITE.replace("file,", "change_profile -> unconfined,"), NAME, "change_profile"),
     "px to other profile": (DENY_WRITE.replace("file,", "/bin/sh px -> docker-default,"), NAME, "exec transition"),
     "Px to matching profile": (DENY_WRITE.replace("file,", "/usr/bin/** Px,"), NAME, "exec transition"),
-    "cx to child": (DENY_WRITE.replace("file,", "/bin/sh cx,"), NAME, "exec transition"),
+    "cx to another profile's child": (DENY_WRITE.replace("file,", "/bin/sh cx -> other//child,"), NAME,
+                                      "Cx names a child"),
     "split px rule": (DENY_WRITE.replace("file,", "/bin/sh\n    px,"), NAME, "exec transition"),
     "unconfined exec": (DENY_WRITE.replace("file,", "/bin/sh ux,"), NAME, "unconfined execution"),
     "include of host file": (DENY_WRITE.replace("#include <abstractions/base>", "#include </etc/shadow>"), NAME, "include"),
@@ -90,9 +91,15 @@ def test_parser_rejects_bad_syntax_with_its_message() -> None:
 
 @needs_apparmor_parser
 def test_parser_names_check_catches_what_the_lexer_might_miss() -> None:
-    text = DENY_WRITE.replace("file,", "file,\n  ^hat { }").encode()
+    text = (DENY_WRITE + "profile other {\n}\n").encode()  # the parser is asked even if the checks were fooled
     (finding,) = asyncio.run(apparmor_parser.check(text, NAME))
-    assert f"{NAME}//hat" in finding.message
+    assert "other" in finding.message and "only its own children" in finding.message
+
+
+@needs_apparmor_parser
+def test_parser_names_check_accepts_children_and_hats() -> None:
+    text = DENY_WRITE.replace("file,", "file,\n  ^hat { }\n  profile child { }").encode()
+    assert asyncio.run(apparmor_parser.check(text, NAME)) == []
 
 
 @needs_apparmor_parser
