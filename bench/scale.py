@@ -184,6 +184,7 @@ async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], c
         spec = objects.seccomp_profile(meta["namespace"], meta["name"], variant=change % 3 + 1)["spec"]
         await asyncio.sleep(3)  # trailing writes of the previous step (the operator's publication delay) land
         before, bytes_before = await cluster.apiserver_writes(), await cluster.apiserver_bytes()
+        cpu_before = _cpu(cluster, fleet, operator)
         started = time.perf_counter()
         patched = await cluster.api.patch(resource_path(schema.SECCOMP_PROFILE, meta["namespace"], meta["name"]),
                                           {"spec": spec})
@@ -192,12 +193,23 @@ async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], c
                             f"{key} generation {generation} Installed")
         took = time.perf_counter() - started
         await asyncio.sleep(3)
+        cpu = {k: round(v - cpu_before[k], 3) for k, v in _cpu(cluster, fleet, operator).items()}
         writes = difference(await cluster.apiserver_writes(), before)
-        sent = {k: int(v - bytes_before.get(k, 0.0)) for k, v in (await cluster.apiserver_bytes()).items()}
-        results.append({"seconds": round(took, 4), "writes": writes, "bytes": sent})
+        sent = difference(await cluster.apiserver_bytes(), bytes_before)
+        results.append({"seconds": round(took, 4), "writes": writes, "bytes": sent, "cpu_s": cpu})
         fleet.check()
         operator.check()
     return results
+
+
+def _cpu(cluster: Cluster, fleet: Process, operator: Process) -> dict[str, float]:
+    """CPU seconds used so far by each process that works on a change."""
+    return {"operator": operator.cpu_seconds(), "agents": fleet.cpu_seconds(),
+            "kube-apiserver": cluster.dev.cpu_seconds("kube-apiserver"), "etcd": cluster.dev.cpu_seconds("etcd")}
+
+
+def _only(sent: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k.removeprefix(prefix): v for k, v in sent.items() if k.startswith(prefix)}
 
 
 def _installed_at(tracker: Tracker, key: str, generation: int) -> bool:
@@ -261,8 +273,10 @@ def _figures(design: Design, scale: ScaleRun, measured: Measured) -> list[Figure
     times = summarize([c["seconds"] for c in changes])
     operator_writes = [sum(c["writes"].get(k, 0) for k in OPERATOR_WRITES) - 1 for c in changes]  # -1: ours
     agent_writes = [c["writes"].get(AGENT_WRITE, 0) for c in changes]
-    request_bytes = [sum(v for k, v in c["bytes"].items() if k.startswith("request ")) for c in changes]
-    watch_bytes = [sum(v for k, v in c["bytes"].items() if k.startswith("watch ")) for c in changes]
+    requests = [_only(c["bytes"], "request ") for c in changes]
+    watches = [_only(c["bytes"], "watch ") for c in changes]
+    request_bytes = [sum(r.values()) for r in requests]
+    watch_bytes = [sum(w.values()) for w in watches]
     memory = measured.memory or {}
     peak = max(m.get("VmHWM", 0) for name, m in memory.items() if name.startswith("operator")) / MIB
     per_change = {**conditions, "repetitions": len(changes)}
@@ -284,12 +298,17 @@ def _figures(design: Design, scale: ScaleRun, measured: Measured) -> list[Figure
                value=max(agent_writes), unit="writes", conditions=per_change, samples={"per_change": agent_writes}),
         Figure(id=f"{prefix}.bytes.requests", title=f"{tag} bytes sent to the API server per change",
                value=summarize([float(b) for b in request_bytes]).p50 / 1024, unit="KiB", conditions=per_change,
-               samples={"per_change_bytes": request_bytes, "by_resource": [c["bytes"] for c in changes]},
+               samples={"per_change_bytes": request_bytes, "by_resource": requests},
                notes=["apiserver_request_body_size_bytes: every request body, the benchmark's own patch included"]),
         Figure(id=f"{prefix}.bytes.watch", title=f"{tag} bytes sent by the API server to watchers per change",
                value=summarize([float(b) for b in watch_bytes]).p50 / 1024, unit="KiB", conditions=per_change,
-               samples={"per_change_bytes": watch_bytes},
+               samples={"per_change_bytes": watch_bytes, "by_resource": watches},
                notes=["apiserver_watch_events_sizes: every watch event sent, to every watcher (benchmark's included)"]),
+        Figure(id=f"{prefix}.cpu.operator", title=f"{tag} operator CPU per change, p50", unit="ms",
+               value=summarize([c["cpu_s"]["operator"] for c in changes]).p50 * 1000, conditions=per_change,
+               samples={"cpu_s_per_change": [c["cpu_s"] for c in changes]},
+               notes=["utime + stime from /proc, over the change and the 3 s after it; the samples give the agents' "
+                      "process, kube-apiserver and etcd too (unit costs of docs/status.md's model)"]),
         Figure(id=f"{prefix}.cold_start", title=f"{tag} operator start with stale statuses -> all Installed",
                value=measured.cold_s, unit="s", conditions=conditions, target=target("cold_s", "s"),
                samples={"api_writes": measured.cold_writes}),
