@@ -27,8 +27,9 @@ def test_every_crd_is_complete(kind: str) -> None:
     assert undocumented(spec, "spec") == []
 
 
-def test_all_four_kinds_are_defined() -> None:
-    assert set(schema.crds()) == {"SeccompProfile", "AppArmorProfile", "ProfileBinding", "NodeProfileStatus"}
+def test_all_six_kinds_are_defined() -> None:
+    assert set(schema.crds()) == {"SeccompProfile", "AppArmorProfile", "ProfileBinding", "NodeProfileStatus",
+                                  "ProfileRecording", "RecordingReport"}
     assert schema.is_namespaced("SeccompProfile") and not schema.is_namespaced("AppArmorProfile")
 
 
