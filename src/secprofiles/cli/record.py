@@ -103,6 +103,11 @@ def _summary(recording: CommandRecording) -> str:
                      "what they did afterwards is not recorded")
     if recording.unparsed:
         lines.append(f"warning: {recording.unparsed} audit records could not be parsed")
+    if set(recording.launcher_syscalls) - {"execve", "execveat"}:
+        lines.append(f"note: the launcher's own syscalls after its filter ({', '.join(recording.launcher_syscalls)}) "
+                     "are not in the recording")
+    if recording.no_new_privs:
+        lines.append("note: no_new_privs was set (no CAP_SYS_ADMIN): setuid programs ran without their privileges")
     return "\n".join(lines)
 
 

@@ -27,6 +27,8 @@ record of a pid. Invariants:
 - Records of a container that is seen but not (yet) selected are kept ``pending`` for ``pending_for`` seconds
   (at most ``max_pending`` containers) so a container whose selection arrives a little after its first syscalls
   (the agent learns pods from the API server while the kubelet starts them) loses nothing.
+- A set notes the measured runtime whose init process (by comm) made some of its syscalls (``SyscallSet.runtime``):
+  the runtime's post-filter syscalls it may not always make are then added to the profile.
 - Memory: one SyscallSet per selected container (bounded by the syscall table), ``max_pending`` pending sets,
   at most ``max_pids`` cached pids and as many pids found gone (LRU), and a bounded unattributed summary; never
   proportional to events or to the node's pods.

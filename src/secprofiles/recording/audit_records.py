@@ -30,10 +30,8 @@ from typing import NoReturn
 from secprofiles.model.syscalls import OCI_TO_LIBSECCOMP, arch_token
 
 AUDIT_SECCOMP = 1326
-NLMSG_ERROR = 2
 NLMSG_HEADER = struct.Struct("=IHHII")
 SECCOMP_RET_LOG = 0x7FFC0000
-AUDIT_UNSET = 0xFFFFFFFF  # auid / ses of a process that never had a login session (AUDIT_UID_UNSET, AUDIT_SID_UNSET)
 X32_SYSCALL_BIT = 0x40000000
 
 

@@ -49,11 +49,10 @@ class CommandRecording:
     """What ``record_command`` saw."""
 
     returncode: int
-    session: int
     syscalls: SyscallSet
     architectures: tuple[str, ...]
     records: int
-    no_new_privs: bool
+    no_new_privs: bool  # set when the launcher lacked CAP_SYS_ADMIN: setuid programs ran without their privileges
     unparsed: int
     seconds: float
     launcher_syscalls: tuple[str, ...]  # what the launcher did between loading the filter and exec (excluded)
@@ -158,7 +157,7 @@ async def record_command(command: Sequence[str], *, architectures: Sequence[str]
         if audit.overruns:
             raise RecordingError(f"the kernel dropped audit records for this reader {audit.overruns} time(s) (its "
                                  "receive buffer was full): the recording is incomplete; nothing is written")
-    return CommandRecording(returncode, session, attribution.syscalls, arches, attribution.records, bool(nnp),
+    return CommandRecording(returncode, attribution.syscalls, arches, attribution.records, bool(nnp),
                             collector.unparsed, time.monotonic() - started, tuple(collector.preamble),
                             len(collector.stray), frozenset(attribution.pids))
 

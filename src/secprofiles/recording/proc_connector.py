@@ -45,7 +45,6 @@ class ProcConnector:
         # timestamp_ns is CLOCK_MONOTONIC; audit records use the wall clock
         self.realtime_offset = time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
         self.overruns = 0
-        self.events = 0
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -59,7 +58,6 @@ class ProcConnector:
             events += [event for datagram in datagrams if (event := parse_proc_event(datagram)) is not None]
             if not datagrams:
                 break
-        self.events += len(events)
         return events
 
     def close(self) -> None:
