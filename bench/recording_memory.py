@@ -6,7 +6,7 @@
    after the first container and after the last (every set still held: nothing released).
 2. The attribution state alone (tracemalloc): 1, 50 and 1,000 containers with 60 syscalls and 20 processes each.
 
-    python -m bench.recording_memory [--containers 50]
+    python -m bench.recording_memory [--containers 50] [--synthetic 1,50,1000]
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def synthetic(counts: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--containers", type=int, default=50)
+    parser.add_argument("--synthetic", default="1,50,1000", help="container counts for the attribution state alone")
     args = parser.parse_args()
     asyncio.run(real(args.containers))
-    synthetic([1, 50, 1000])
+    synthetic([int(count) for count in args.synthetic.split(",")])
 
 
 if __name__ == "__main__":

@@ -314,9 +314,11 @@ async def test_a_pod_recorded_on_its_node_gets_a_profile_its_workload_runs_under
         denied = await asyncio.to_thread(podman, script, rendered)
         assert "made" not in denied.stdout and "Operation not permitted" in denied.stderr
         assert (await asyncio.to_thread(podman, script)).stdout.strip() == "made"
+        memory = recorder.memory()
         report_figure(f"recorded on the node: {len(recorded)} syscalls of container work "
                       f"({final['nodes'][0]['syscalls']['work']} reported by the recorder); the workload runs under "
-                      "the written profile, chroot is denied")
+                      f"the written profile, chroot is denied; recorder process VmRSS {memory.get('VmRSS')} KiB, "
+                      f"VmHWM {memory.get('VmHWM')} KiB")
     finally:
         recorder.stop()
         await asyncio.to_thread(_remove_cgroups)
