@@ -136,20 +136,27 @@ class Recordings:
                           ({key} if key in self.state.entries else set()))
 
     async def start(self) -> None:
-        """Connect and list what the webhook's decisions depend on before Kopf opens the webhook server."""
+        """Connect and list what the webhook's decisions depend on before Kopf opens the webhook server (Kopf
+        runs this again after a failure: nothing counts as started until the listing is complete)."""
         if self.api is not None:
             return
-        self.api = KubeApi(Credentials.auto(self.kubeconfig), user_agent="secprofiles-operator/recordings")
-        for kind, apply in ((schema.PROFILE_RECORDING, self.state.apply_recording), ("Node", self.state.apply_node),
-                            (schema.RECORDING_REPORT, self.state.apply_report)):
-            for item in (await self.api.request("GET", resource_path(kind))).get("items") or []:
-                apply("ADDED", item)
+        api = KubeApi(Credentials.auto(self.kubeconfig), user_agent="secprofiles-operator/recordings")
+        try:
+            for kind, apply in ((schema.PROFILE_RECORDING, self.state.apply_recording),
+                                ("Node", self.state.apply_node), (schema.RECORDING_REPORT, self.state.apply_report)):
+                for item in (await api.request("GET", resource_path(kind))).get("items") or []:
+                    apply("ADDED", item)
+            for namespace in sorted(self.state.namespaces()):
+                path = resource_path(schema.SECCOMP_PROFILE, namespace)
+                for profile in (await api.request("GET", path)).get("items") or []:
+                    self.state.apply_log_profile("ADDED", profile)
+        except BaseException:
+            await api.close()
+            raise
+        self.api = api
         for namespace in sorted(self.state.namespaces()):
             self._listed_namespaces.add(namespace)
             await self._list_pods(namespace)
-            for profile in (await self.api.request("GET", resource_path(schema.SECCOMP_PROFILE, namespace))).get(
-                    "items") or []:
-                self.state.apply_log_profile("ADDED", profile)
         self.leadership.while_leading(self.lead)
 
     # -- the writer (leader only) --------------------------------------------------------------------------
