@@ -1,5 +1,5 @@
-"""The one way dev tooling runs the operator and the node agent as local processes: their command lines, their
-environment, and a simulated node's host root. Used by the sandbox, the benchmarks and the tests alike."""
+"""The one way dev tooling runs the operator, the node agent and the node recorder as local processes: their command
+lines, their environment, and a simulated node's host root. Used by the sandbox, the benchmarks and the tests alike."""
 
 from __future__ import annotations
 
@@ -90,3 +90,10 @@ def agent_process(kubeconfig: Path, node: str, base: Path, *, apparmor: bool = F
     return python_process(f"agent {node}", "secprofiles.agent",
                           agent_arguments(kubeconfig, node, host_root, base / "state", apparmor=apparmor),
                           base / "agent.log", root)
+
+
+def recorder_arguments(kubeconfig: Path, node: str, *, report_interval: float = 1.0) -> list[str]:
+    """``python -m secprofiles.agent.recorder`` arguments for a node (it records this machine's processes: the
+    simulated node's name only decides which RecordingReports it serves); health on any free loopback port."""
+    return ["--node-name", node, "--kubeconfig", str(kubeconfig), "--report-interval", str(report_interval),
+            "--health-port", "0", "--log-level", "DEBUG"]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the sandbox need on a fresh Debian bookworm machine (as root or with sudo):
-# the container runtime that enforces rendered profiles, the AppArmor parser, and the Python package.
+# the container runtime that enforces rendered profiles, the AppArmor parser, strace (the recording tests' oracle),
+# and the Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common)
+DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common strace)
 missing=()
 for package in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -1,11 +1,12 @@
-"""One entry point to validate and render any profile object, used by the CLI, operator and agent."""
+"""One entry point to validate and render any profile object, used by the CLI, operator and agent (other kinds of
+this project are validated only: schema, and a ProfileRecording's own checks)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-from secprofiles.model import apparmor, apparmor_parser, bundled, libseccomp_filter, schema, seccomp
+from secprofiles.model import apparmor, apparmor_parser, bundled, libseccomp_filter, recording, schema, seccomp
 from secprofiles.model.findings import Finding, InvalidProfileError
 from secprofiles.objects import Object
 
@@ -67,6 +68,8 @@ async def evaluate(obj: Object, lookup: seccomp.ProfileLookup = _never_found,
             return Outcome(rendered, ())
     except InvalidProfileError as error:
         return Outcome(None, tuple(error.findings))
+    if kind == schema.PROFILE_RECORDING:
+        return Outcome(None, tuple(recording.validate(obj)))
     return Outcome(None, tuple(schema.validate(obj)))
 
 

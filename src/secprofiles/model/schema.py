@@ -27,6 +27,8 @@ SECCOMP_PROFILE = "SeccompProfile"
 APPARMOR_PROFILE = "AppArmorProfile"
 PROFILE_BINDING = "ProfileBinding"
 NODE_PROFILE_STATUS = "NodeProfileStatus"
+PROFILE_RECORDING = "ProfileRecording"
+RECORDING_REPORT = "RecordingReport"
 
 
 @cache
