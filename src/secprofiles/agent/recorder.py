@@ -24,13 +24,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from secprofiles.agent import endpoints
-from secprofiles.kube import jsonlog
+from secprofiles.agent import daemon, endpoints
 from secprofiles.kube.client import ApiError, Credentials, KubeApi, list_and_watch
 from secprofiles.model import schema
 from secprofiles.model.syscalls import node_architectures
@@ -237,14 +235,8 @@ async def main_async(args: argparse.Namespace) -> None:
         server, port = await endpoints.serve(args.health_port, endpoints.health_routes(lambda: node.ready),
                                              args.health_host)
         log.info("listening", extra={"endpoint": "health", "port": port})
-        task = asyncio.create_task(node.run())
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
         try:
-            await task
-        except asyncio.CancelledError:
-            log.info("recorder stopping")
+            await daemon.run_until_signalled(node.run(), log, "recorder")
         finally:
             server.close()
             if recorder is not None:
@@ -254,13 +246,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 1 when the recorder fails (the DaemonSet restarts it)."""
     args = parse_args(argv)
-    jsonlog.setup(args.log_level)
-    try:
-        asyncio.run(main_async(args))
-    except Exception:
-        log.exception("recorder failed")
-        return 1
-    return 0
+    return daemon.main(lambda: main_async(args), args.log_level, log, "recorder")
 
 
 if __name__ == "__main__":
