@@ -120,8 +120,8 @@ class Operator:
         await asyncio.gather(*self.running.tasks, return_exceptions=True)
         await self.running.api.close()
 
-    # Node reports come through the lean reflector, not Kopf: one holds an entry per profile (~750 KiB at 5,000
-    # profiles) and Kopf deep-copies every event body, which set the operator's peak memory at scale.
+    # Node reports come through the lean reflector, not Kopf: every profile change brings one event per node, and
+    # Kopf deep-copies every event body and keeps per-object handler state the reports do not need.
     async def _report_event(self, event_type: str, obj: Object) -> None:
         self.mark(self.state.apply_report(event_type, obj))
 
