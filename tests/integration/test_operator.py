@@ -201,11 +201,14 @@ async def test_garbage_reports_and_reports_of_profiles_that_do_not_exist_install
                     if nodereport.bucket_of(k) == bucket)
     path = resource_path("NodeProfileStatus", name="node-1", subresource="status")
     lies = [
-        ("garbage digests", {"buckets": {bucket: {"digest": "not-a-digest", "count": 1}}}),
+        ("a digest of nothing the node could hold", {"buckets": {bucket: {"digest": "0" * 32, "count": 1}}}),
         ("a profile that does not exist", {"buckets": expected_buckets({key: content, invented: content})}),
         ("the wrong hash", {"buckets": expected_buckets({key: "sha256:" + "0" * 64})}),
     ]
     await report(api, node, {})
+    with pytest.raises(ApiError) as refused:  # the CRD schema refuses what is not a digest at all
+        await api.patch(path, {"status": {"buckets": {bucket: {"digest": "not-a-digest", "count": 1}}}})
+    assert refused.value.status == 422 and f"status.buckets.{bucket}.digest" in str(refused.value)
     for what, status in lies:
         await api.patch(path, {"status": {"buckets": None}})
         await api.patch(path, {"status": status})
