@@ -45,11 +45,17 @@ class Network:
     service_cidr: str = "10.96.0.0/24"
 
 
+#: containerd's sockets: unix socket paths are limited to ~104 bytes (``<socket>.ttrpc`` included) and a cluster
+#: directory may be deep (pytest's temporary directories are); one real node per machine, so one fixed place.
+SOCKET_DIR: Final = Path("/run/secprofiles-realnode")
+
+
 @dataclass(frozen=True)
 class Layout:
-    """containerd's files under the cluster directory."""
+    """containerd's files under the cluster directory (its sockets in ``socket_dir``)."""
 
     base: Path
+    socket_dir: Path = SOCKET_DIR
 
     @property
     def config(self) -> Path:
@@ -59,7 +65,7 @@ class Layout:
     @property
     def socket(self) -> Path:
         """The gRPC socket (CRI endpoint)."""
-        return self.base / "containerd.sock"
+        return self.socket_dir / "containerd.sock"
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -148,6 +154,7 @@ class Containerd:
         """Write the configuration and the CNI network, start, wait until it answers."""
         for sub in ("root", "state", "runc", "opt", "cni/ipam"):
             (self.layout.base / sub).mkdir(parents=True, exist_ok=True)
+        self.layout.socket_dir.mkdir(mode=0o700, exist_ok=True)
         self.layout.cni_conf_dir.mkdir(parents=True, exist_ok=True)
         self.layout.config.write_text(config_toml(self.layout, self.sandbox_image))
         (self.layout.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_conflist(self.layout,
@@ -197,6 +204,7 @@ class Containerd:
         self.process.stop(grace=15)
         for pid in own_shims(self.layout.socket):
             subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, check=False)
+        shutil.rmtree(self.layout.socket_dir, ignore_errors=True)
 
     def shims(self) -> list[int]:
         """The runc shims serving this containerd."""

@@ -45,7 +45,7 @@ SYSCTLS: Final = (
 SYSTEM_PATHS: Final = (
     "/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/var/lib/cni", "/var/log/containers",
     "/var/log/pods", "/opt/containerd", "/opt/cni", "/etc/cni/net.d", "/var/run/netns", "/run/netns",
-    "/var/lib/secprofiles-agent", "/etc/kubernetes")
+    "/var/lib/secprofiles-agent", "/etc/kubernetes", "/run/secprofiles-realnode")
 IPTABLES_TABLES: Final = ("filter", "nat", "mangle", "raw")
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 #: Sections whose every difference counts (nothing else on the machine should change them while a node runs).
@@ -329,7 +329,8 @@ class Cleanup:
             for cached in cni_cache.rglob("secprofiles-realnode-*"):
                 with contextlib.suppress(OSError):
                     cached.unlink()
-        for path in ("/run/containerd", "/var/lib/kubelet", "/var/log/containers", "/var/lib/cni"):
+        for path in ("/run/containerd", "/var/lib/kubelet", "/var/log/containers", "/var/lib/cni",
+                     "/run/secprofiles-realnode"):
             if path in absent and os.path.lexists(path):
                 _remove_tree(Path(path), self.log)
 

@@ -101,9 +101,11 @@ def run_logged(argv: Sequence[str], log: Path, *, what: str, env: dict[str, str]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=stdin, text=True,
                                    env=env, cwd=cwd)
         assert process.stdout is not None
+        started = time.monotonic()
         for line in process.stdout:
             out.write(line)
-            if re.match(r"(\[\d+/\d+\] )?STEP ", line):
+            # progress only for builds that take a while (a cached build prints every step in a second)
+            if re.match(r"(\[\d+/\d+\] )?STEP ", line) and time.monotonic() - started > 3:
                 say(f"{what}: {line.strip()[:140]}")
         code = process.wait()
     if code != 0:

@@ -9,7 +9,7 @@ on the machine's address, aggregator routing so webhooks reach pod IPs, ``Node,R
 the machine's state before and after (``devtools.hoststate``). Everything lives under one directory::
 
     DIR/kubeconfig        admin kubeconfig          DIR/pki, DIR/etcd, DIR/logs   control plane (and node logs)
-    DIR/containerd        config, root, state, socket, CNI configuration and IPAM
+    DIR/containerd        config, root, state, CNI configuration and IPAM (its socket: /run/secprofiles-realnode)
     DIR/kubelet           the kubelet's root (seccomp profiles in kubelet/seccomp/secprofiles)
     DIR/overlay           the install overlay (kustomization.yaml)
     DIR/host-before.json  the machine's state before the node started; DIR/host-after.json after it stopped
@@ -65,6 +65,9 @@ PRODUCT_NAMESPACE: Final = "secprofiles-system"
 OPERATOR: Final = "secprofiles-operator"
 AGENT: Final = "secprofiles-agent"
 KUBELET_ROOT_OVERLAY: Final = REPO / "manifests" / "overlays" / "kubelet-root"
+#: The longest unix socket the kubelet makes under its root, and the kernel's limit on their paths.
+LONGEST_SOCKET: Final = "pod-resources/1234567890"
+MAX_SOCKET_PATH: Final = 107
 #: The shipped kubelet-root overlay's example path, which the generated overlay tests before replacing it.
 SHIPPED_KUBELET_ROOT: Final = "/var/lib/k0s/kubelet"
 
@@ -192,6 +195,10 @@ class RealCluster:
         missing = prerequisites()
         if missing:
             raise RealNodeUnavailableError("this machine cannot run a real node; missing: " + "; ".join(missing))
+        if len(str(self.files.kubelet_root / LONGEST_SOCKET)) > MAX_SOCKET_PATH:
+            raise ValueError(f"the cluster directory {self.directory} is too long: the kubelet's unix sockets under "
+                             f"it would exceed {MAX_SOCKET_PATH} bytes; use a directory of at most "
+                             f"{MAX_SOCKET_PATH - len('/kubelet/' + LONGEST_SOCKET)} characters")
         binary = self.binary  # built outside the start-up clock
         stale = self.lock.acquire()
         self._locked = True
@@ -353,7 +360,7 @@ class RealCluster:
         """A node that died without its clean-up: its shims, then everything ``hoststate.Cleanup`` removes."""
         directory, bridge = Path(record["dir"]), str(record.get("bridge", "secprofiles0"))
         self.log(f"a real node in {directory} ended without cleaning up: cleaning its traces first")
-        for pid in own_shims(directory / "containerd" / "containerd.sock"):
+        for pid in own_shims(Layout(directory / "containerd").socket):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         snapshot_file = directory / "host-before.json"
@@ -407,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             say("stopping")
         except (RealNodeUnavailableError, DevClusterError, ContainerdError, BuildError, images.ImageBuildError,
-                RuntimeError, TimeoutError) as error:
+                RuntimeError, TimeoutError, ValueError) as error:
             say(f"error: {error}")
             status = 1
         finally:
