@@ -90,6 +90,7 @@ def test_sandbox_once_settles_every_bundled_profile_and_cleans_up(devcluster: ob
 
 
 @pytest.mark.realnode
+@pytest.mark.timeout(1500)  # on a fresh machine the sandbox builds the images first (base, operator, agent)
 def test_sandbox_once_on_the_real_node_shows_the_documents_pod_failing_with_eperm(devcluster: object) -> None:
     # Where the machine can run a real node, the sandbox does: the document's pod, bound by the webhook the operator
     # pods serve, ends Error with chmod's EPERM from its log next to the profile table; the machine is left as before.
@@ -99,7 +100,7 @@ def test_sandbox_once_on_the_real_node_shows_the_documents_pod_failing_with_eper
     base = Path(tempfile.mkdtemp(prefix="sb-", dir="/var/tmp")) / "sandbox"
     result = subprocess.run([sys.executable, "-m", "devtools.sandbox", "--once", "--timeout", "120",
                              "--dir", str(base)], capture_output=True, text=True, env=python_env(), cwd=REPO,
-                            timeout=600, check=False)
+                            timeout=1400, check=False)
     assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
     out = result.stdout
     assert "realnode (no AppArmor)" in out

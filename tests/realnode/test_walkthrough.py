@@ -9,16 +9,20 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devtools.realcluster import RealCluster
 from devtools.waiting import eventually
 from secprofiles.model import keys
-from tests.conftest import SEEDS
+from tests.conftest import SEEDS, cannot_run
 from tests.realnode.conftest import Kube, chmod_pod, profile_document, terminated
 
 pytestmark = pytest.mark.realnode
 EPERM = "Operation not permitted"
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 
 
 def _file(kube: Kube, namespace: str, name: str) -> os.PathLike[str]:
@@ -150,3 +154,31 @@ def test_in_use_protection_with_a_running_pod(kube: Kube) -> None:
     kube.delete("Pod", "sleeper", namespace)
     eventually(lambda: kube.get("SeccompProfile", "prevent-chmod", namespace) is None, 30, "profile released")
     eventually(lambda: not os.path.exists(_file(kube, namespace, "prevent-chmod")), 30, "file removed")
+
+
+def _memory_cgroup(pod: dict[str, Any]) -> Path:
+    qos = pod["status"]["qosClass"].lower()
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    parent = MEMORY_CGROUP / "kubepods" / ("" if qos == "guaranteed" else qos) / f"pod{pod['metadata']['uid']}"
+    return parent / container
+
+
+def test_product_pods_memory_from_their_cgroups_within_their_limits(
+        kube: Kube, real_cluster: RealCluster, report_figure: Callable[[str], None]) -> None:
+    # Last in this module: measured after the walkthrough above ran through the operator and the agent.
+    if not MEMORY_CGROUP.is_dir():
+        pytest.skip(cannot_run("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory"))
+    figures = []
+    for pod in real_cluster.product_pods():
+        name = pod["metadata"]["labels"]["app.kubernetes.io/name"]
+        limit_manifest = pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        cgroup = _memory_cgroup(pod)
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+        rss = int(stat["rss"]) + int(stat.get("rss_huge", 0))
+        peak = int((cgroup / "memory.max_usage_in_bytes").read_text())
+        limit = int((cgroup / "memory.limit_in_bytes").read_text())
+        assert limit == int(limit_manifest.removesuffix("Mi")) * 2**20  # the kubelet applied the manifest's limit
+        assert 0 < rss < peak <= limit, (name, rss, peak, limit)
+        figures.append(f"{pod['metadata']['name']}: rss {rss / 2**20:.1f} MiB, peak (incl. page cache) "
+                       f"{peak / 2**20:.1f} MiB, limit {limit / 2**20:.0f} MiB")
+    report_figure("; ".join(figures))
