@@ -325,6 +325,7 @@ class RealCluster:
     def stop(self) -> list[hoststate.Difference]:
         """Stop everything, remove what it made, compare the machine with the snapshot; the node's leftovers."""
         logs = self.directory / "logs"
+        started = time.monotonic()
         if self.node is not None:
             self.node.kubelet.stop(grace=30)
         if self.containerd is not None:
@@ -346,9 +347,11 @@ class RealCluster:
                 self.log(f"after the stop, the machine differs: {difference}")
             self.leftovers = [d for d in found if d.ours]
             clean = not self.leftovers
+            self.timings["stop and clean-up"] = time.monotonic() - started
             if clean:
-                self.log("the machine's state equals the snapshot before the start (iptables, nft, nfacct, links, "
-                         "addresses, routes, netns, mounts, cgroups, sysctls, system paths)")
+                self.log(f"stopped and cleaned up in {self.timings['stop and clean-up']:.1f}s; the machine's state "
+                         "equals the snapshot before the start (iptables, nft, nfacct, links, addresses, routes, "
+                         "netns, mounts, cgroups, sysctls, system paths)")
         if self._locked:
             self.lock.release(clean)
             self._locked = False
