@@ -162,3 +162,24 @@ def test_base_image_key_follows_the_debian_release_files() -> None:
     command = images.mmdebstrap_command(one, Path("/w/docker-clean"), Path("/w/rootfs.tar"))
     assert "--include=python3,python3-venv,python-is-python3,passwd" in command
     assert "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr" in command  # no usrmerge, so no perl
+
+
+def test_make_real_cluster_without_what_it_needs_exits_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr(realcluster, "prerequisites", lambda: [
+        "root (containerd, the kubelet and iptables need it)", "containerd (Debian package containerd)"])
+    assert realcluster.main(["--dir", str(tmp_path / "rc")]) == 2
+    err = capsys.readouterr().err
+    assert "missing: root (containerd, the kubelet and iptables need it); containerd (Debian package containerd)" in err
+    assert not (tmp_path / "rc").exists()  # nothing started, nothing made
+
+
+def test_prerequisites_name_every_missing_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devtools import containerd, realnode
+
+    monkeypatch.setattr(containerd.shutil, "which", lambda tool: None if tool in ("containerd", "nfacct") else tool)
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 1000)
+    missing = realnode.prerequisites()
+    assert missing[0].startswith("root")
+    assert "containerd (Debian package containerd)" in missing and "nfacct (Debian package nfacct)" in missing
