@@ -23,7 +23,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,14 +297,22 @@ class Cleanup:
             subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
 
     def cgroups(self) -> None:
-        """``kubepods`` trees in every hierarchy, leaves first (they are empty once the processes are gone)."""
-        for hierarchy in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ():
+        """``kubepods`` trees in every hierarchy, leaves first. Any process still in one (a container of a node that
+        died without its clean-up: its shim killed, its processes orphaned) is killed first."""
+        hierarchies = [h for h in CGROUP_ROOT.iterdir() if h.is_dir()] if CGROUP_ROOT.is_dir() else []
+        for hierarchy in hierarchies:
+            for procs in hierarchy.glob("kubepods*/**/cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in procs.read_text().split():
+                        self.log(f"process {pid} still in {procs.parent}: SIGKILL")
+                        os.kill(int(pid), signal.SIGKILL)
+        for hierarchy in hierarchies:
             for top in hierarchy.glob("kubepods*"):
                 for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                     with contextlib.suppress(OSError):
-                        directory.rmdir()
+                        _rmdir_retrying(directory)
                 try:
-                    top.rmdir()
+                    _rmdir_retrying(top, attempts=20)
                 except OSError as error:
                     self.log(f"cannot remove {top}: {error}")
 
@@ -333,6 +343,37 @@ class Cleanup:
                      "/run/secprofiles-realnode"):
             if path in absent and os.path.lexists(path):
                 _remove_tree(Path(path), self.log)
+
+
+def processes_naming(directory: Path) -> dict[int, str]:
+    """Process ids and command lines of processes (other than this one) whose command line names ``directory``."""
+    found = {}
+    needle = str(directory).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        pid = int(cmdline.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            argv = cmdline.read_bytes()
+        except OSError:
+            continue
+        if needle in argv:
+            found[pid] = argv.replace(b"\0", b" ").decode(errors="replace")[:300]
+    return found
+
+
+def _rmdir_retrying(directory: Path, attempts: int = 5) -> None:
+    """rmdir a cgroup; a process just killed may take a moment to leave it (EBUSY). Raises the last error."""
+    for attempt in range(attempts):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def _remove_tree(path: Path, log: Callable[[str], None]) -> None:

@@ -337,6 +337,10 @@ class RealCluster:
             with contextlib.suppress(DevClusterError):
                 self.control_plane.stop()
         clean = True
+        left = hoststate.processes_naming(self.directory)  # e.g. a component that ignored SIGTERM and SIGKILL
+        for pid, command in left.items():
+            self.log(f"process {pid} still running after the stop: {command}")
+        clean = not left
         if self.before is not None and self.network is not None:
             hoststate.Cleanup(self.directory, self.network.bridge, self.before, self._binary, self.log).run()
             after = hoststate.snapshot()
@@ -346,6 +350,8 @@ class RealCluster:
             for difference in found:
                 self.log(f"after the stop, the machine differs: {difference}")
             self.leftovers = [d for d in found if d.ours]
+            if left:
+                self.leftovers.append(hoststate.Difference("processes", tuple(left.values()), (), True))
             clean = not self.leftovers
             self.timings["stop and clean-up"] = time.monotonic() - started
             if clean:
@@ -363,7 +369,8 @@ class RealCluster:
         """A node that died without its clean-up: its shims, then everything ``hoststate.Cleanup`` removes."""
         directory, bridge = Path(record["dir"]), str(record.get("bridge", "secprofiles0"))
         self.log(f"a real node in {directory} ended without cleaning up: cleaning its traces first")
-        for pid in own_shims(Layout(directory / "containerd").socket):
+        # its components (the API server does not finish a SIGTERM shutdown), then its shims
+        for pid in [*hoststate.processes_naming(directory), *own_shims(Layout(directory / "containerd").socket)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         snapshot_file = directory / "host-before.json"
