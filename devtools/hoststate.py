@@ -26,7 +26,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -345,20 +345,18 @@ class Cleanup:
                 _remove_tree(Path(path), self.log)
 
 
-def processes_naming(directory: Path) -> dict[int, str]:
-    """Process ids and command lines of processes (other than this one) whose command line names ``directory``."""
+def processes_naming(directory: Path, programs: Collection[str]) -> dict[int, str]:
+    """Process ids and command lines of the node's programs (``programs``: basenames of ``argv[0]``) whose command
+    line names ``directory``; never someone's shell, editor or ``make`` that happens to mention it."""
     found = {}
     needle = str(directory).encode()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        pid = int(cmdline.parent.name)
-        if pid == os.getpid():
-            continue
         try:
             argv = cmdline.read_bytes()
         except OSError:
             continue
-        if needle in argv:
-            found[pid] = argv.replace(b"\0", b" ").decode(errors="replace")[:300]
+        if needle in argv and os.path.basename(argv.split(b"\0", 1)[0].decode(errors="replace")) in programs:
+            found[int(cmdline.parent.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:300]
     return found
 
 

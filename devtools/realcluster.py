@@ -161,6 +161,11 @@ class RealCluster:
         return self._binary
 
     @property
+    def programs(self) -> set[str]:
+        """The node's programs by name: the multi-call binary, containerd and its shims."""
+        return {self.binary.name, "containerd", "containerd-shim-runc-v2"}
+
+    @property
     def kubeconfig(self) -> Path:
         """The admin kubeconfig."""
         return self.directory / "kubeconfig"
@@ -240,7 +245,6 @@ class RealCluster:
                                      images.PAUSE_IMAGE)
         self.containerd.start()
         self.timings["containerd"] = time.monotonic() - mark
-        mark = time.monotonic()
         self.ensure_images([images.PAUSE_IMAGE, images.BUSYBOX_IMAGE], node=True)
         self.timings["pause + busybox import"] = self.containerd.import_images([images.PAUSE_IMAGE,
                                                                                 images.BUSYBOX_IMAGE])
@@ -336,8 +340,7 @@ class RealCluster:
         if self.control_plane is not None:
             with contextlib.suppress(DevClusterError):
                 self.control_plane.stop()
-        clean = True
-        left = hoststate.processes_naming(self.directory)  # e.g. a component that ignored SIGTERM and SIGKILL
+        left = hoststate.processes_naming(self.directory, self.programs)  # none: every stop ends with SIGKILL
         for pid, command in left.items():
             self.log(f"process {pid} still running after the stop: {command}")
         clean = not left
@@ -370,7 +373,8 @@ class RealCluster:
         directory, bridge = Path(record["dir"]), str(record.get("bridge", "secprofiles0"))
         self.log(f"a real node in {directory} ended without cleaning up: cleaning its traces first")
         # its components (the API server does not finish a SIGTERM shutdown), then its shims
-        for pid in [*hoststate.processes_naming(directory), *own_shims(Layout(directory / "containerd").socket)]:
+        for pid in [*hoststate.processes_naming(directory, self.programs),
+                    *own_shims(Layout(directory / "containerd").socket)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         snapshot_file = directory / "host-before.json"

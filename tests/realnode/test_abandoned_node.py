@@ -56,5 +56,6 @@ def test_a_node_killed_without_clean_up_is_cleaned_by_the_next_one(report_figure
     pattern = hoststate.ours_pattern(base, "secprofiles0")
     ours = [d for d in hoststate.differences(before, after, pattern) if d.ours]
     assert not ours, "\n".join(str(d) for d in ours)
-    assert not hoststate.processes_naming(base), hoststate.processes_naming(base)  # the killed node's processes too
+    programs = second.programs
+    assert not hoststate.processes_naming(base, programs), hoststate.processes_naming(base, programs)
     subprocess.run(["rm", "-rf", str(base)], check=False)

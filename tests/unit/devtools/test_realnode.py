@@ -183,3 +183,14 @@ def test_prerequisites_name_every_missing_tool(monkeypatch: pytest.MonkeyPatch) 
     missing = realnode.prerequisites()
     assert missing[0].startswith("root")
     assert "containerd (Debian package containerd)" in missing and "nfacct (Debian package nfacct)" in missing
+
+
+def test_processes_naming_finds_only_the_nodes_programs(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sh", "-c", "sleep 30", str(tmp_path / "cluster")])
+    try:
+        assert child.pid in hoststate.processes_naming(tmp_path / "cluster", {"sh"})
+        assert child.pid not in hoststate.processes_naming(tmp_path / "cluster", {"containerd", "controlplane"})
+        assert child.pid not in hoststate.processes_naming(tmp_path / "other", {"sh"})
+    finally:
+        child.kill()
+        child.wait()
