@@ -92,7 +92,15 @@ def test_readiness_gate_a_new_node_takes_no_profile_pod_before_its_agent_synced(
     reasons = {e.get("reason") for e in kube.pod_events("gated", namespace)}
     assert "Failed" not in reasons and not any("CreateContainerError" in state for _, state in timeline), timeline
     assert TAINT_KEY not in _taints(kube)
-    kube.wait_phase("SeccompProfile", "prevent-chmod", namespace, "Installed")
+    try:
+        kube.wait_phase("SeccompProfile", "prevent-chmod", namespace, "Installed")
+    except TimeoutError as error:
+        report = kube.get("NodeProfileStatus", NODE_NAME) or {}
+        raise AssertionError(
+            f"Node uid {(kube.get('Node', NODE_NAME) or {}).get('metadata', {}).get('uid')}; NodeProfileStatus "
+            f"{report.get('metadata', {}).get('ownerReferences')}, "
+            f"{len((report.get('status') or {}).get('profiles') or {})} entries; {error}; profile status "
+            f"{(kube.get('SeccompProfile', 'prevent-chmod', namespace) or {}).get('status')}") from None
     real_cluster.wait_product_ready()
     report_figure("readiness gate timeline (s after the pod's create): "
                   + "; ".join(f"{t:.1f} {s}" for t, s in timeline) + f"; events: {sorted(filter(None, reasons))}")
