@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from devtools.commands import agent_process, operator_process, python_process
+from devtools.commands import REPO, agent_process, operator_process, python_process
 from devtools.processes import Process
 
 #: Set by ``python -m bench --profile DIR``: every Python process runs under cProfile, one .prof file per process.
@@ -27,9 +27,10 @@ def profiled(process: Process) -> Process:
     return process
 
 
-def operator(kubeconfig: Path, log: Path, metrics_port: int, *extra: str) -> Process:
-    """The operator, standalone, with metrics on ``metrics_port`` and no liveness endpoint."""
-    return profiled(operator_process(kubeconfig, log, metrics_port=metrics_port, extra=extra))
+def operator(kubeconfig: Path, log: Path, metrics_port: int, *extra: str, root: Path = REPO) -> Process:
+    """The operator (of the checkout at ``root``), standalone, with metrics on ``metrics_port`` and no liveness
+    endpoint."""
+    return profiled(operator_process(kubeconfig, log, metrics_port=metrics_port, extra=extra, root=root))
 
 
 def agent(kubeconfig: Path, node: str, base: Path, apparmor: bool) -> Process:
@@ -37,10 +38,11 @@ def agent(kubeconfig: Path, node: str, base: Path, apparmor: bool) -> Process:
     return profiled(agent_process(kubeconfig, node, base, apparmor=apparmor))
 
 
-def fleet(kubeconfig: Path, base: Path, nodes: list[str], apparmor: bool) -> Process:
-    """``python -m bench.fleet``: one Agent object per node, all on one event loop in one process."""
+def fleet(kubeconfig: Path, base: Path, nodes: list[str], apparmor: bool, root: Path = REPO) -> Process:
+    """``python -m bench.fleet`` (of the checkout at ``root``): one Agent object per node, all on one event loop
+    in one process."""
     arguments = ["--kubeconfig", str(kubeconfig), "--base", str(base), *(["--apparmor"] if apparmor else []), *nodes]
-    return profiled(python_process(f"fleet of {len(nodes)}", "bench.fleet", arguments, base / "fleet.log"))
+    return profiled(python_process(f"fleet of {len(nodes)}", "bench.fleet", arguments, base / "fleet.log", root))
 
 
 async def wait_log(process: Process, needle: str, within: float) -> None:

@@ -1,138 +1,190 @@
-"""Benchmark 5: many profiles over many namespaces and nodes.
+"""Benchmark 5: many profiles over many namespaces and nodes, for each design of the node report.
 
-Sequence: nodes and their agents (``bench.fleet``: every agent in one process) come up; with the operator
-stopped, the profiles are created and every node installs them; then the operator starts and must give every
-profile its finalizer and status (``cold``: the restart after an outage during which all profiles appeared);
-then it is restarted once more with every status current (``warm``: time until it reconciled every profile
-once, and how much it writes doing so); then single profile changes count API writes per change from the
-kube-apiserver's own ``apiserver_request_total``. Runs last: it leaves its profiles behind (the control plane
-is discarded after the run).
+Each run (a design at a size, ``Sizes.scale_runs``) gets a control plane of its own with the design's CRDs, its
+operator and its fleet of agents (``bench.fleet``: every agent in one process). Sequence:
+
+1. the operator runs; the profiles are created (16 in flight) and validated (``contentHash`` published);
+2. the fleet starts: every node syncs every profile, every profile becomes Installed;
+3. cold start: the operator stops, every status is cleared, it starts again and must publish every status;
+4. warm restart: it restarts with every status current (time until it reconciled every profile, and its writes);
+5. single profile changes: time until Installed on every node, API writes by the operator and the agents, bytes
+   sent to the API server (request bodies, all components) and by it to watchers (watch events), from the
+   kube-apiserver's own metrics.
+
+The largest object each design writes for ``Sizes.largest_object_profiles`` profiles is computed from the design's
+own contract and stored for real (``_largest_object``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import objects, processes
+from bench import designs, objects, processes
 from bench.cluster import Cluster, difference
-from bench.histogram import Histogram
+from bench.designs import Design
 from bench.report import Figure, Target
-from bench.sizes import Sizes
+from bench.sizes import ScaleRun, Sizes
 from bench.stats import summarize
 from bench.watch import Tracker
 from devtools.ports import free_port
 from devtools.processes import Process
 from devtools.waiting import wait_for
-from secprofiles.model import schema
+from secprofiles.kube.client import ApiError
+from secprofiles.model import keys, nodereport, schema
 from secprofiles.objects import Object
 from secprofiles.resources import resource_path
 
-OPERATOR_RSS_TARGET_MIB = 256.0
-WRITES_PER_NODE_TARGET = 1.0
-TIMEOUT = 1800.0
+TIMEOUT = 3600.0
 MIB = 1024.0
 AGENT_WRITE = "PATCH nodeprofilestatuses/status"
-REPORT_PATCH = {"verb": "PATCH", "resource": "nodeprofilestatuses", "subresource": "status"}
 OPERATOR_WRITES = ("PATCH seccompprofiles/status", "PATCH seccompprofiles", "POST events")
+TARGETS = {"change_p50_s": 1.0, "change_p95_s": 2.0, "operator_writes": 2.0, "largest_kib": 256.0,
+           "operator_peak_mib": 200.0, "cold_s": 60.0, "warm_s": 5.0, "warm_writes": 0.0}
+#: The size the issue's targets are stated for; runs of other sizes are measured without a target.
+TARGET_SIZE = (10_000, 100, 100)
 
 
-async def _reconciles(port: int) -> float:
+async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
+    """Every scale run, each on its own control plane (``cluster`` is the suite's: left alone)."""
+    figures: list[Figure] = []
+    for scale in sizes.scale_runs:
+        design = designs.current() if scale.design == "digests" else designs.baseline()
+        label = f"{scale.design}.{scale.profiles}x{scale.nodes}"
+        own = Cluster(work / label, crds=design.crds)
+        await own.start()
+        try:
+            figures += await _run(own, design, scale, work / label)
+            figures.append(await _largest_object(own, design, sizes.largest_object_profiles))
+        finally:
+            await own.stop()
+    return figures
+
+
+@dataclass
+class Measured:
+    """What one run measured."""
+
+    created_s: float = 0.0
+    validated_s: float = 0.0
+    nodes_synced_s: float = 0.0
+    all_installed_s: float = 0.0
+    cold_s: float = 0.0
+    cold_writes: dict[str, int] | None = None
+    warm_s: float = 0.0
+    warm_writes: dict[str, int] | None = None
+    memory: dict[str, dict[str, int]] | None = None
+    changes: list[dict[str, Any]] | None = None
+
+
+async def _run(cluster: Cluster, design: Design, scale: ScaleRun, work: Path) -> list[Figure]:
+    for i in range(scale.namespaces):
+        await cluster.namespace(f"bench-scale-{i:03d}")
+    nodes = [f"bench-scale-{i:03d}" for i in range(scale.nodes)]
+    for node in nodes:
+        await cluster.create(objects.node(node, tainted=False))
+    port = free_port()
+    operator = processes.operator(cluster.kubeconfig, work / "operator.log", port, root=design.root)
+    fleet = processes.fleet(cluster.kubeconfig, work / "nodes", nodes, apparmor=False, root=design.root)
+    tracker = Tracker(cluster.api, resource_path(schema.SECCOMP_PROFILE))
+    profiles = [objects.seccomp_profile(f"bench-scale-{i % scale.namespaces:03d}", f"bench-s-{i:05d}")
+                for i in range(scale.profiles)]
+    names = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in profiles}
+    measured = Measured()
+    try:
+        operator.start()
+        await tracker.start()
+        measured.created_s = await cluster.create_many(profiles)
+        started = time.perf_counter()
+        await wait_for(partial(_all_validated, cluster, scale.profiles), TIMEOUT, "every profile validated",
+                       interval=0.5)
+        measured.validated_s = time.perf_counter() - started + measured.created_s
+
+        fleet.start()
+        await cluster.wait_nodes_report(nodes, scale.profiles, TIMEOUT)
+        measured.nodes_synced_s = time.perf_counter() - fleet.started_at
+        await tracker.until(lambda: names <= tracker.installed_now, TIMEOUT, f"all {scale.profiles} Installed")
+        measured.all_installed_s = time.perf_counter() - fleet.started_at
+
+        operator.stop()
+        await _clear_statuses(cluster, profiles)
+        before = await cluster.apiserver_writes()
+        operator.start()
+        await tracker.until(lambda: names <= tracker.installed_now, TIMEOUT, "all Installed after a cold start")
+        measured.cold_s = time.perf_counter() - operator.started_at
+        measured.cold_writes = difference(await cluster.apiserver_writes(), before)
+        cold_memory = operator.memory()
+
+        operator.stop()
+        before = await cluster.apiserver_writes()
+        operator.start()
+        await wait_for(partial(_reconciled, port, scale.profiles), TIMEOUT, "every profile reconciled after a restart",
+                       interval=0.1)
+        measured.warm_s = time.perf_counter() - operator.started_at
+        await asyncio.sleep(2)
+        measured.warm_writes = difference(await cluster.apiserver_writes(), before)
+
+        measured.changes = await _changes(cluster, tracker, profiles, scale.changes, fleet, operator)
+        measured.memory = {"operator_after_cold_start": cold_memory, "operator_end": operator.memory(),
+                           "fleet_end": fleet.memory()}
+    finally:
+        await tracker.stop()
+        operator.stop()
+        fleet.stop()
+    return _figures(design, scale, measured)
+
+
+async def _all_validated(cluster: Cluster, count: int) -> bool:
+    listing = await cluster.api.request("GET", resource_path(schema.SECCOMP_PROFILE))
+    return sum(bool((item.get("status") or {}).get("contentHash")) for item in listing["items"]) >= count
+
+
+async def _clear_statuses(cluster: Cluster, profiles: list[Object]) -> None:
+    """Every profile without status, as if the operator had never written one (16 requests in flight)."""
+    limit = asyncio.Semaphore(16)
+
+    async def clear(obj: Object) -> None:
+        meta = obj["metadata"]
+        async with limit:
+            await cluster.api.patch(resource_path(schema.SECCOMP_PROFILE, meta["namespace"], meta["name"], "status"),
+                                    {"status": None})
+
+    await asyncio.gather(*(clear(obj) for obj in profiles))
+
+
+async def _reconciled(port: int, count: int) -> bool:
     def fetch() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             return str(response.read().decode())
     try:
         text = await asyncio.to_thread(fetch)
     except OSError:
-        return 0.0  # not listening yet
+        return False  # not listening yet
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "secprofiles_reconciles_total")
+               if s.name == "secprofiles_reconciles_total") >= count
 
 
-async def run(cluster: Cluster, sizes: Sizes, work: Path) -> list[Figure]:
-    """The whole sequence; see the module docstring."""
-    count, spaces, node_count = sizes.scale_profiles, sizes.scale_namespaces, sizes.scale_nodes
-    for i in range(spaces):
-        await cluster.namespace(f"bench-scale-{i:02d}")
-    nodes = [f"bench-scale-{i:02d}" for i in range(node_count)]
-    for node in nodes:
-        await cluster.create(objects.node(node, tainted=False))
-    fleet = processes.fleet(cluster.kubeconfig, work / "nodes", nodes, apparmor=False)
-    port = free_port()
-    operator = processes.operator(cluster.kubeconfig, work / "operator.log", port)
-    tracker = Tracker(cluster.api, resource_path(schema.SECCOMP_PROFILE))
-    conditions = {"profiles": count, "namespaces": spaces, "nodes": node_count,
-                  "agents": f"{node_count} in 1 process (fleet)",
-                  "agents_how": "Agent objects in ONE process (bench.fleet), one API client each, sharing one core",
-                  "operator": "1 process, --standalone"}
-    profiles = [objects.seccomp_profile(f"bench-scale-{i % spaces:02d}", f"bench-s-{i:05d}") for i in range(count)]
-    keys = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in profiles}
-    figures: list[Figure] = []
-    try:
-        fleet.start()
-        await cluster.wait_nodes_report(nodes, 0, 300)
-        await tracker.start()
-        created_in = await cluster.create_many(profiles)
-        started = time.perf_counter()
-        await cluster.wait_nodes_report(nodes, count, TIMEOUT)
-        agents_in = time.perf_counter() - started + created_in
-        fleet.check()
-
-        before = await cluster.apiserver_writes()
-        operator.start()
-        await tracker.until(lambda: keys <= tracker.installed_now, TIMEOUT, f"all {count} profiles Installed")
-        cold = time.perf_counter() - operator.started_at
-        cold_memory = operator.memory()
-        cold_writes = difference(await cluster.apiserver_writes(), before)
-
-        operator.stop()
-        before = await cluster.apiserver_writes()
-        operator.start()
-        await wait_for(partial(_at_least, port, count), TIMEOUT, f"{count} reconciles after a restart", interval=0.25)
-        warm = time.perf_counter() - operator.started_at
-        await asyncio.sleep(2)
-        warm_memory = operator.memory()
-        warm_writes = difference(await cluster.apiserver_writes(), before)
-
-        changes, report_seconds = await _changes(cluster, tracker, profiles, sizes.scale_changes, fleet, operator)
-        figures = _figures(conditions, count, node_count, created_in, agents_in, cold, cold_memory, cold_writes,
-                           warm, warm_memory, warm_writes, changes, report_seconds)
-    finally:
-        await tracker.stop()
-        operator.stop()
-        fleet.stop()
-    return figures
-
-
-async def _at_least(port: int, count: int) -> bool:
-    return await _reconciles(port) >= count
-
-
-def _installed_at(tracker: Tracker, key: str, generation: int) -> bool:
-    return tracker.installed_generation.get(key, 0) >= generation
-
-
-async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], changes: int,
-                   fleet: Process, operator: Process
-                   ) -> tuple[list[tuple[float, dict[str, int]]], dict[str, float]]:
-    """Change one profile at a time: (seconds until Installed everywhere, API writes) per change, and the
-    API server's own time for the agents' NodeProfileStatus patches meanwhile."""
+async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], changes: int, fleet: Process,
+                   operator: Process) -> list[dict[str, Any]]:
+    """Change one profile at a time: seconds until Installed everywhere, writes, bytes."""
     results = []
-    duration = "apiserver_request_duration_seconds"
-    report_before = Histogram.parse(await cluster.apiserver_metric_text(), duration, REPORT_PATCH)
     for change in range(changes):
         profile = profiles[(change * 7919) % len(profiles)]  # spread over namespaces
         meta = profile["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
         # variant 1..3 always differs from the created variant 0: every change is a new content hash
         spec = objects.seccomp_profile(meta["namespace"], meta["name"], variant=change % 3 + 1)["spec"]
-        await asyncio.sleep(2)  # let trailing writes of the previous step land before the snapshot
-        before = await cluster.apiserver_writes()
+        await asyncio.sleep(3)  # trailing writes of the previous step (the operator's publication delay) land
+        before, bytes_before = await cluster.apiserver_writes(), await cluster.apiserver_bytes()
+        cpu_before = _cpu(cluster, fleet, operator)
         started = time.perf_counter()
         patched = await cluster.api.patch(resource_path(schema.SECCOMP_PROFILE, meta["namespace"], meta["name"]),
                                           {"spec": spec})
@@ -140,54 +192,133 @@ async def _changes(cluster: Cluster, tracker: Tracker, profiles: list[Object], c
         await tracker.until(partial(_installed_at, tracker, key, generation), 300,
                             f"{key} generation {generation} Installed")
         took = time.perf_counter() - started
-        await asyncio.sleep(2)
-        results.append((took, difference(await cluster.apiserver_writes(), before)))
+        await asyncio.sleep(3)
+        cpu = {k: round(v - cpu_before[k], 3) for k, v in _cpu(cluster, fleet, operator).items()}
+        writes = difference(await cluster.apiserver_writes(), before)
+        sent = difference(await cluster.apiserver_bytes(), bytes_before)
+        results.append({"seconds": round(took, 4), "writes": writes, "bytes": sent, "cpu_s": cpu})
         fleet.check()
         operator.check()
-    window = Histogram.parse(await cluster.apiserver_metric_text(), duration, REPORT_PATCH).minus(report_before)
-    return results, {"patches": window.count, "mean_s": round(window.mean, 4),
-                     "p99_bucket_upper_s": window.quantile_bound(0.99)}
+    return results
 
 
-def _figures(conditions: dict[str, object], count: int, node_count: int, created_in: float, agents_in: float,
-             cold: float, cold_memory: dict[str, int], cold_writes: dict[str, int], warm: float,
-             warm_memory: dict[str, int], warm_writes: dict[str, int],
-             changes: list[tuple[float, dict[str, int]]], report_seconds: dict[str, float]) -> list[Figure]:
-    agent_writes = [writes.get(AGENT_WRITE, 0) for _, writes in changes]
-    operator_writes = [sum(writes.get(k, 0) for k in OPERATOR_WRITES) - 1 for _, writes in changes]  # -1: ours
-    change_times = summarize([took for took, _ in changes])
-    per_node = summarize([w / node_count for w in agent_writes])
+def _cpu(cluster: Cluster, fleet: Process, operator: Process) -> dict[str, float]:
+    """CPU seconds used so far by each process that works on a change."""
+    return {"operator": operator.cpu_seconds(), "agents": fleet.cpu_seconds(),
+            "kube-apiserver": cluster.dev.cpu_seconds("kube-apiserver"), "etcd": cluster.dev.cpu_seconds("etcd")}
+
+
+def _only(sent: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k.removeprefix(prefix): v for k, v in sent.items() if k.startswith(prefix)}
+
+
+def _installed_at(tracker: Tracker, key: str, generation: int) -> bool:
+    return tracker.installed_generation.get(key, 0) >= generation
+
+
+async def _largest_object(cluster: Cluster, design: Design, count: int) -> Figure:
+    """The largest NodeProfileStatus the design writes for ``count`` profiles, built from its contract and stored
+    on the API server (or refused by it)."""
+    profile_keys = [keys.seccomp_key(f"bench-large-{i % 100:03d}", f"a-profile-name-of-moderate-length-{i:06d}")
+                    for i in range(count)]
+    content_hash = "sha256:" + "ab" * 32
+    if design.name == "entries":
+        status: Object = {"profiles": {key: {"contentHash": content_hash, "state": nodereport.INSTALLED}
+                                       for key in profile_keys}}
+        shape = f"status.profiles: {count} entries"
+    else:
+        digests = nodereport.Digests()
+        for key in profile_keys:
+            digests.toggle(key, content_hash, 1)
+        longest = [keys.seccomp_key("n" * 63, f"{i:03d}" + "x" * 250) for i in range(nodereport.MAX_FAILURES)]
+        status = {"buckets": digests.as_status(digests.values), "failuresTruncated": True,
+                  "failures": {key: {"contentHash": content_hash, "message": "m" * nodereport.MAX_MESSAGE}
+                               for key in longest}}
+        shape = (f"{len(digests.values)} buckets over {count} profiles, and every one of the {nodereport.MAX_FAILURES} "
+                 f"failure slots used with the longest key and message")
+    node = "bench-largest-object"
+    body = {"apiVersion": schema.API_VERSION, "kind": schema.NODE_PROFILE_STATUS,
+            "metadata": {"name": node}, "spec": {"nodeName": node}}
+    size = len(json.dumps({**body, "status": status}).encode())
+    await cluster.api.delete(resource_path(schema.NODE_PROFILE_STATUS, name=node))
+    await cluster.api.create(resource_path(schema.NODE_PROFILE_STATUS), body)
+    try:
+        await cluster.api.patch(resource_path(schema.NODE_PROFILE_STATUS, name=node, subresource="status"),
+                                {"status": status})
+        stored: str = "stored"
+    except ApiError as error:
+        stored = f"refused by the API server: {error.status} {error.message[:120]}"
+    target = Target(TARGETS["largest_kib"], "KiB") if design.name == "digests" else None
+    return Figure(id=f"scale.{design.name}.largest_object",
+                  title=f"[{design.name}] largest object written at {count} profiles",
+                  value=size / 1024, unit="KiB", target=target,
+                  conditions={"design": design.what, "profiles": count, "object": shape,
+                              "api_server": stored},
+                  notes=[f"built from the design's contract and written to the real API server: {stored}"])
+
+
+def _figures(design: Design, scale: ScaleRun, measured: Measured) -> list[Figure]:
+    size = (scale.profiles, scale.namespaces, scale.nodes)
+    at_target = design.name == "digests" and size == TARGET_SIZE
+
+    def target(name: str, unit: str) -> Target | None:
+        return Target(TARGETS[name], unit) if at_target else None
+
+    prefix = f"scale.{design.name}.{scale.profiles}x{scale.nodes}"
+    conditions: dict[str, object] = {
+        "design": design.what, "profiles": scale.profiles, "namespaces": scale.namespaces, "nodes": scale.nodes,
+        "agents": f"{scale.nodes} Agent objects in 1 process (bench.fleet), one API client each, sharing one core",
+        "operator": "1 process, --standalone", "control_plane": "its own, per design"}
+    changes = measured.changes or []
+    times = summarize([c["seconds"] for c in changes])
+    operator_writes = [sum(c["writes"].get(k, 0) for k in OPERATOR_WRITES) - 1 for c in changes]  # -1: ours
+    agent_writes = [c["writes"].get(AGENT_WRITE, 0) for c in changes]
+    requests = [_only(c["bytes"], "request ") for c in changes]
+    watches = [_only(c["bytes"], "watch ") for c in changes]
+    request_bytes = [sum(r.values()) for r in requests]
+    watch_bytes = [sum(w.values()) for w in watches]
+    memory = measured.memory or {}
+    peak = max(m.get("VmHWM", 0) for name, m in memory.items() if name.startswith("operator")) / MIB
+    per_change = {**conditions, "repetitions": len(changes)}
+    tag = f"[{design.name}, {scale.profiles} profiles x {scale.nodes} nodes]"
     return [
-        Figure(id="scale.create", title=f"scale: create {count} profiles (16 in flight), operator stopped",
-               value=created_in, unit="s", conditions=conditions,
-               samples={"agents_all_installed_s": round(agents_in, 2)},
-               notes=[f"every node reported all {count} Installed {agents_in:.1f} s after the first create"]),
-        Figure(id="scale.restart.cold", title=f"scale: operator start -> all {count} Installed (statuses to write)",
-               value=cold, unit="s", conditions=conditions, samples={"api_writes": cold_writes},
-               notes=["the operator was down while every profile was created: it adds its finalizer and writes "
-                      "every status (see samples.api_writes)"]),
-        Figure(id="scale.restart.warm", title=f"scale: operator restart -> {count} reconciled (statuses current)",
-               value=warm, unit="s", conditions=conditions, samples={"api_writes": warm_writes},
+        Figure(id=f"{prefix}.bootstrap", title=f"{tag} nodes sync every profile, all Installed",
+               value=measured.all_installed_s, unit="s", conditions=conditions,
+               samples={"create_s": round(measured.created_s, 2), "validated_s": round(measured.validated_s, 2),
+                        "nodes_synced_s": round(measured.nodes_synced_s, 2)}),
+        Figure(id=f"{prefix}.change", title=f"{tag} one change -> Installed on every node, p50", value=times.p50,
+               unit="s", conditions=per_change, target=target("change_p50_s", "s"), samples={"s": times.as_dict()}),
+        Figure(id=f"{prefix}.change_p95", title=f"{tag} one change -> Installed on every node, p95", value=times.p95,
+               unit="s", conditions=per_change, target=target("change_p95_s", "s")),
+        Figure(id=f"{prefix}.writes.operator", title=f"{tag} operator API writes per change (status + Events)",
+               value=summarize([float(w) for w in operator_writes]).p50, unit="writes", conditions=per_change,
+               target=target("operator_writes", "writes"), samples={"per_change": operator_writes},
+               notes=["the benchmark's own spec patch is not counted"]),
+        Figure(id=f"{prefix}.writes.agents", title=f"{tag} agent API writes per change, all nodes",
+               value=max(agent_writes), unit="writes", conditions=per_change, samples={"per_change": agent_writes}),
+        Figure(id=f"{prefix}.bytes.requests", title=f"{tag} bytes sent to the API server per change",
+               value=summarize([float(b) for b in request_bytes]).p50 / 1024, unit="KiB", conditions=per_change,
+               samples={"per_change_bytes": request_bytes, "by_resource": requests},
+               notes=["apiserver_request_body_size_bytes: every request body, the benchmark's own patch included"]),
+        Figure(id=f"{prefix}.bytes.watch", title=f"{tag} bytes sent by the API server to watchers per change",
+               value=summarize([float(b) for b in watch_bytes]).p50 / 1024, unit="KiB", conditions=per_change,
+               samples={"per_change_bytes": watch_bytes, "by_resource": watches},
+               notes=["apiserver_watch_events_sizes: every watch event sent, to every watcher (benchmark's included)"]),
+        Figure(id=f"{prefix}.cpu.operator", title=f"{tag} operator CPU per change, p50", unit="ms",
+               value=summarize([c["cpu_s"]["operator"] for c in changes]).p50 * 1000, conditions=per_change,
+               samples={"cpu_s_per_change": [c["cpu_s"] for c in changes]},
+               notes=["utime + stime from /proc, over the change and the 3 s after it; the samples give the agents' "
+                      "process, kube-apiserver and etcd too (unit costs of docs/status.md's model)"]),
+        Figure(id=f"{prefix}.cold_start", title=f"{tag} operator start with stale statuses -> all Installed",
+               value=measured.cold_s, unit="s", conditions=conditions, target=target("cold_s", "s"),
+               samples={"api_writes": measured.cold_writes}),
+        Figure(id=f"{prefix}.warm_restart", title=f"{tag} operator restart, statuses current -> all reconciled",
+               value=measured.warm_s, unit="s", conditions=conditions, target=target("warm_s", "s"),
+               samples={"api_writes": measured.warm_writes},
                notes=["until secprofiles_reconciles_total reached the profile count"]),
-        Figure(id="scale.operator.rss", title=f"scale: operator RSS, {count} profiles, {node_count} nodes",
-               value=cold_memory["VmRSS"] / MIB, unit="MiB", conditions=conditions,
-               target=Target(OPERATOR_RSS_TARGET_MIB, "MiB"),
-               samples={"after_cold_catch_up_kib": cold_memory, "after_warm_restart_kib": warm_memory}),
-        Figure(id="scale.operator.peak_rss", title=f"scale: operator peak RSS (VmHWM), {count} profiles",
-               value=max(cold_memory["VmHWM"], warm_memory["VmHWM"]) / MIB, unit="MiB", conditions=conditions,
-               target=Target(OPERATOR_RSS_TARGET_MIB, "MiB")),
-        Figure(id="scale.writes.agent_per_node", title="scale: agent API writes per node per profile change",
-               value=per_node.max, unit="writes", conditions={**conditions, "repetitions": len(changes)},
-               target=Target(WRITES_PER_NODE_TARGET, "writes"),
-               samples={"per_change": [w for _, w in changes], "value": "max over changes"}),
-        Figure(id="scale.writes.operator", title="scale: operator API writes per profile change",
-               value=summarize([float(w) for w in operator_writes]).p50, unit="writes",
-               conditions={**conditions, "repetitions": len(changes)},
-               samples={"per_change": operator_writes, "value": "median over changes"},
-               notes=["status patches + Events; the benchmark's own spec patch is not counted"]),
-        Figure(id="scale.change.installed", title="scale: one profile change -> Installed on all nodes, p50",
-               value=change_times.p50, unit="s", conditions={**conditions, "repetitions": len(changes)},
-               samples={"s": change_times.as_dict(), "apiserver_time_per_agent_report_patch": report_seconds},
-               notes=["each NodeProfileStatus carries one entry per profile: every agent patch makes the API server "
-                      "validate and store, and the operator decode, the whole object"]),
+        Figure(id=f"{prefix}.warm_restart_writes", title=f"{tag} operator restart, statuses current: writes",
+               value=float(sum(v for k, v in (measured.warm_writes or {}).items() if k in OPERATOR_WRITES)),
+               unit="writes", conditions=conditions, target=target("warm_writes", "writes")),
+        Figure(id=f"{prefix}.operator.peak_rss", title=f"{tag} operator peak RSS (VmHWM)", value=peak, unit="MiB",
+               conditions=conditions, target=target("operator_peak_mib", "MiB"), samples={"kib": memory}),
     ]

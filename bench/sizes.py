@@ -6,6 +6,17 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ScaleRun:
+    """One run of the scale benchmark: a design (``bench.designs``) at a size."""
+
+    design: str  # "digests" (this checkout) or "entries" (the baseline)
+    profiles: int
+    namespaces: int
+    nodes: int
+    changes: int
+
+
+@dataclass(frozen=True)
 class Sizes:
     """Every size knob of the suite."""
 
@@ -19,18 +30,20 @@ class Sizes:
     bootstrap_seccomp: int
     bootstrap_apparmor: int
     bootstrap_repetitions: int
-    scale_profiles: int
-    scale_namespaces: int
-    scale_nodes: int
-    scale_changes: int
+    scale_runs: tuple[ScaleRun, ...]
+    largest_object_profiles: int
 
 
 FULL = Sizes(mode="full", propagation_nodes=(1, 10, 100), repetitions=20, max_agent_processes=10,
-             webhook_creates=500, webhook_rate=20.0, footprint_profiles=(100, 1000), bootstrap_seccomp=1000,
-             bootstrap_apparmor=100, bootstrap_repetitions=3, scale_profiles=5000, scale_namespaces=50,
-             scale_nodes=20, scale_changes=5)
+             webhook_creates=500, webhook_rate=20.0, footprint_profiles=(100, 1000, 10_000), bootstrap_seccomp=10_000,
+             bootstrap_apparmor=100, bootstrap_repetitions=3,
+             # Both designs side by side at the size the baseline still works at, then this design at the issue's.
+             scale_runs=(ScaleRun("entries", 5000, 50, 20, 5), ScaleRun("digests", 5000, 50, 20, 5),
+                         ScaleRun("digests", 10_000, 100, 100, 10)),
+             largest_object_profiles=50_000)
 
 QUICK = Sizes(mode="quick", propagation_nodes=(1, 3), repetitions=3, max_agent_processes=1,
               webhook_creates=50, webhook_rate=20.0, footprint_profiles=(20, 100), bootstrap_seccomp=100,
-              bootstrap_apparmor=10, bootstrap_repetitions=1, scale_profiles=200, scale_namespaces=5,
-              scale_nodes=3, scale_changes=2)
+              bootstrap_apparmor=10, bootstrap_repetitions=1,
+              scale_runs=(ScaleRun("entries", 200, 5, 3, 2), ScaleRun("digests", 200, 5, 3, 2)),
+              largest_object_profiles=2000)

@@ -288,6 +288,10 @@ class DevCluster:
         self._processes[name] = Process(name, argv, self.log_file(name), cwd=self.run_dir,
                                         die_with_parent=True).start()
 
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time component ``name`` has used so far (benchmarks' unit costs)."""
+        return self._process(name).cpu_seconds()
+
     def _process(self, name: str) -> Process:
         if name not in self._processes:
             raise DevClusterError(f"no component named {name!r} was started")

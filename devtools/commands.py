@@ -1,5 +1,5 @@
-"""The one way dev tooling runs the operator and the node agent as local processes: their command lines, their
-environment, and a simulated node's host root. Used by the sandbox, the benchmarks and the tests alike."""
+"""The one way dev tooling runs the operator, the node agent and the node recorder as local processes: their command
+lines, their environment, and a simulated node's host root. Used by the sandbox, the benchmarks and the tests alike."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ SECURITYFS = Path("sys/kernel/security/apparmor")
 KUBELET_ROOT = "/var/lib/kubelet"
 
 
-def python_env() -> dict[str, str]:
-    """The environment of a Python process of this checkout: its ``src`` and the repository first on the path."""
-    path = [str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+def python_env(root: Path = REPO) -> dict[str, str]:
+    """The environment of a Python process of the checkout at ``root`` (this one by default; the benchmarks run an
+    older checkout's processes too): its ``src`` and the checkout first on the path."""
+    path = [str(root / "src"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
 
 
-def python_process(name: str, module: str, arguments: Sequence[str], log: Path) -> Process:
-    """``python -m module arguments…`` as a supervised process of this checkout."""
-    return Process(name, [sys.executable, "-m", module, *arguments], log, env=python_env(), cwd=REPO)
+def python_process(name: str, module: str, arguments: Sequence[str], log: Path, root: Path = REPO) -> Process:
+    """``python -m module arguments…`` as a supervised process of the checkout at ``root``."""
+    return Process(name, [sys.executable, "-m", module, *arguments], log, env=python_env(root), cwd=root)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ def operator_arguments(kubeconfig: Path, *, lease: bool = False, metrics_port: i
 
 def operator_process(kubeconfig: Path, log: Path, *, lease: bool = False, metrics_port: int = 0,
                      health_port: int = 0, namespace: str | None = None, webhook: WebhookServing | None = None,
-                     extra: Sequence[str] = ()) -> Process:
-    """The operator as a supervised process (see ``operator_arguments``)."""
+                     extra: Sequence[str] = (), root: Path = REPO) -> Process:
+    """The operator (of the checkout at ``root``) as a supervised process (see ``operator_arguments``)."""
     arguments = operator_arguments(kubeconfig, lease=lease, metrics_port=metrics_port, health_port=health_port,
                                    namespace=namespace, webhook=webhook, extra=extra)
-    return python_process("operator", "secprofiles.controller", arguments, log)
+    return python_process("operator", "secprofiles.controller", arguments, log, root)
 
 
 def prepare_host_root(host_root: Path, apparmor: bool) -> Path:
@@ -82,10 +83,17 @@ def agent_arguments(kubeconfig: Path, node: str, host_root: Path, state_dir: Pat
             "--apparmor-loader", "recording" if apparmor else "kernel"]
 
 
-def agent_process(kubeconfig: Path, node: str, base: Path, *, apparmor: bool = False) -> Process:
-    """The agent of a simulated node as a supervised process: host root ``base/host``, state ``base/state``, log
-    ``base/agent.log``."""
+def agent_process(kubeconfig: Path, node: str, base: Path, *, apparmor: bool = False, root: Path = REPO) -> Process:
+    """The agent (of the checkout at ``root``) of a simulated node as a supervised process: host root
+    ``base/host``, state ``base/state``, log ``base/agent.log``."""
     host_root = prepare_host_root(base / "host", apparmor)
     return python_process(f"agent {node}", "secprofiles.agent",
                           agent_arguments(kubeconfig, node, host_root, base / "state", apparmor=apparmor),
-                          base / "agent.log")
+                          base / "agent.log", root)
+
+
+def recorder_arguments(kubeconfig: Path, node: str, *, report_interval: float = 1.0) -> list[str]:
+    """``python -m secprofiles.agent.recorder`` arguments for a node (it records this machine's processes: the
+    simulated node's name only decides which RecordingReports it serves); health on any free loopback port."""
+    return ["--node-name", node, "--kubeconfig", str(kubeconfig), "--report-interval", str(report_interval),
+            "--health-port", "0", "--log-level", "DEBUG"]

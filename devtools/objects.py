@@ -8,6 +8,7 @@ CRDs (Established and served), and clean-up. Async; synchronous callers use ``Sy
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from devtools.cluster import SERVICE_ACCOUNT_ISSUER, DevCluster
 from devtools.waiting import wait_for
 from secprofiles.kube import clock
 from secprofiles.kube.client import ApiError, KubeApi
-from secprofiles.model import schema
+from secprofiles.kube.resources import ApiResource
 from secprofiles.objects import Object
 from secprofiles.resources import resource_path
 
@@ -137,16 +138,22 @@ async def node_bound_agent_kubeconfig(api: KubeApi, cluster: DevCluster, node: s
     return credentials, pod
 
 
-async def install_crds(api: KubeApi) -> None:
-    """Apply every CRD of ``crds/`` (server-side apply) and wait until each is Established and served."""
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
+async def install_crds(api: KubeApi, directory: Path = REPO / "crds") -> None:
+    """Apply every CRD of ``directory`` (this checkout's ``crds/``; server-side apply) and wait until each is
+    Established and served."""
+    crds = await asyncio.to_thread(_read_crds, directory)
+    for crd in crds:
         name = crd["metadata"]["name"]
         await api.patch(resource_path("CustomResourceDefinition", name=name), crd, "apply",
                         params={"fieldManager": "secprofiles-devtools", "force": "true"})
         await wait_for(partial(crd_established, api, name), 60, f"CRD {name} Established")
-    for kind in schema.crds():
-        await wait_for(partial(_served, api, kind), 60, f"{kind} served")
+    for crd in crds:
+        served = ApiResource.from_crd(crd, crd["spec"]["versions"][0]["name"])
+        await wait_for(partial(_served, api, served), 60, f"{crd['spec']['names']['kind']} served")
+
+
+def _read_crds(directory: Path) -> list[Object]:
+    return [yaml.safe_load(path.read_text()) for path in sorted(directory.glob("*.yaml"))]
 
 
 async def crd_established(api: KubeApi, name: str) -> bool:
@@ -156,9 +163,9 @@ async def crd_established(api: KubeApi, name: str) -> bool:
                for c in (crd.get("status") or {}).get("conditions") or [])
 
 
-async def _served(api: KubeApi, kind: str) -> bool:
+async def _served(api: KubeApi, resource: ApiResource) -> bool:
     try:
-        await api.request("GET", resource_path(kind), params={"limit": "1"})
+        await api.request("GET", resource.path(), params={"limit": "1"})
     except ApiError:  # its REST handler may need a moment after Established
         return False
     return True

@@ -109,6 +109,10 @@ class Process:
         """VmRSS and VmHWM of the running process, in KiB (empty when it is gone)."""
         return memory_kib(self.pid)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the running process has used so far (0.0 when it is gone)."""
+        return cpu_seconds(self.pid) if self.popen is not None else 0.0
+
     def send(self, sig: int) -> None:
         """Send ``sig`` if it is running."""
         if self.popen is not None and self.popen.poll() is None:
@@ -142,6 +146,16 @@ def memory_kib(pid: int) -> dict[str, int]:
     except OSError:
         return {}
     return {key: int(value) for key, value in re.findall(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", text, re.MULTILINE)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, in seconds (0.0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command's ")": state is field 3 of proc(5), utime and stime fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

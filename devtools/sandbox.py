@@ -59,8 +59,10 @@ from devtools.processes import Process, ProcessExitedError
 from devtools.realcluster import NODE_NAME, RealCluster
 from devtools.realnode import RealNodeUnavailableError, prerequisites
 from secprofiles.controller.admission import binding
+from secprofiles.controller.nodes import NodeView
 from secprofiles.kube.client import Credentials, KubeApi
 from secprofiles.model import keys
+from secprofiles.model.nodereport import Report
 from secprofiles.objects import Object
 from secprofiles.resources import object_path, resource_path
 
@@ -340,24 +342,28 @@ def _where(node: Node, key: str) -> str:
 
 
 async def table(sandbox: Sandbox, api: KubeApi) -> list[Row]:
-    """The current state, from the API server (profiles' status, NodeProfileStatuses) and the host roots."""
-    reports: dict[str, Object] = {}
+    """The current state: each profile's status, and per node what its NodeProfileStatus says of the profile's
+    published version (read by the operator's own rules, ``controller.nodes``), with where the file landed."""
+    view = NodeView()
     for node in sandbox.nodes:
-        report = await api.get(resource_path("NodeProfileStatus", name=node.name)) or {}
-        reports[node.name] = (report.get("status") or {}).get("profiles") or {}
+        view.apply_node(node.name, True)
+        report = await api.get(resource_path("NodeProfileStatus", name=node.name))
+        view.apply_report(node.name, Report.from_object(report) if report else None)
+    statuses = {keys.key_of(obj): ((await api.get(object_path(obj))) or {"status": {"phase": "absent"}}).get("status")
+                or {} for obj in sandbox.profiles}
+    view.set_renderings({key: status.get("contentHash") for key, status in statuses.items()})
     rows = []
-    for obj in sandbox.profiles:
-        key = keys.key_of(obj)
-        stored = await api.get(object_path(obj))
-        phase = ((stored.get("status") or {}).get("phase") or "-") if stored is not None else "absent"
+    for key, status in statuses.items():
+        failed = view.counts(key).failed if key in view.renderings else {}
         cells = []
         for node in sandbox.nodes:
-            entry = reports[node.name].get(key) or {}
-            state = entry.get("state", "-")
-            if state == "Error" and entry.get("message"):
-                state = f"Error: {entry['message']}"
-            cells.append(f"{state} [{_where(node, key)}]" if state == "Installed" else state)
-        rows.append(Row(key, phase, tuple(cells)))
+            if node.name in failed:
+                cells.append(f"Error: {failed[node.name]}")
+            elif view.node_has(key, node.name):
+                cells.append(f"Installed [{_where(node, key)}]")
+            else:
+                cells.append("-")
+        rows.append(Row(key, status.get("phase") or "-", tuple(cells)))
     return rows
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the sandbox need on a fresh Debian bookworm machine (as root or with sudo):
-# the container runtime that enforces rendered profiles, the AppArmor parser, the real node's runtime (containerd,
-# runc, the CNI plugins, iptables; nfacct to remove kube-proxy's counters after a stop), mmdebstrap for the images'
-# Debian-built base when no container registry is reachable, and the Python package.
+# the container runtime that enforces rendered profiles, the AppArmor parser, strace (the recording tests' oracle),
+# the real node's runtime (containerd, runc, the CNI plugins, iptables; nfacct to remove kube-proxy's counters after
+# a stop), mmdebstrap for the images' Debian-built base when no container registry is reachable, and the Python
+# package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common
+DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common strace
               containerd containernetworking-plugins iptables nfacct mmdebstrap)
 missing=()
 for package in "${DEB_PACKAGES[@]}"; do

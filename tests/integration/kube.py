@@ -1,5 +1,5 @@
 """What integration tests add to ``devtools``: an API client per kubeconfig, the shipped webhook configuration
-pointed at a test's operator, and TLS for a test's own webhook server."""
+pointed at a test's operator, TLS for a test's own webhook server, and what a node reports, read by the contract."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from typing import Any
 import yaml
 
 from devtools import install
+from devtools.api import SyncApi
 from devtools.clusterpki import CA_LIFETIME, write_pair
 from devtools.commands import REPO
 from secprofiles.kube.client import Credentials, KubeApi
 from secprofiles.kube.pki import CertificateAuthority
+from secprofiles.model import keys, schema
+from secprofiles.model.evaluate import evaluate
+from secprofiles.resources import resource_path
+from tests.reports import bucket_holds, failure
 
 
 def open_api(kubeconfig: Path | str) -> KubeApi:
@@ -61,3 +66,35 @@ def webhook_tls(directory: Path, ca: CertificateAuthority | None = None) -> Webh
     ca = ca or CertificateAuthority.create("secprofiles-test-webhook-ca", CA_LIFETIME)
     cert, key = write_pair(ca, directory, "webhook", "127.0.0.1", hosts=["localhost", "127.0.0.1"], server=True)
     return WebhookTLS(cert, key, ca.cert_pem)
+
+
+async def cluster_renderings(api: KubeApi) -> dict[str, str]:
+    """The hash of every valid profile rendering in the cluster, by key: what every node must have processed
+    (agents watch cluster-wide). Computed with the model, from the objects, not from any report."""
+    objects = [{**item, "kind": kind} for kind in (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE)
+               for item in (await api.request("GET", resource_path(kind)))["items"]]
+    specs = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o["spec"] for o in objects
+             if o["kind"] == schema.SECCOMP_PROFILE}
+    found = {}
+    for obj in objects:
+        outcome = await evaluate(obj, lambda namespace, name: specs.get((namespace, name)))
+        if outcome.rendered is not None:
+            found[keys.key_of(obj)] = outcome.rendered.content_hash
+    return found
+
+
+def node_report(admin: SyncApi, node: str) -> dict[str, Any]:
+    """A node's NodeProfileStatus status (empty while it has none)."""
+    found = admin.get(resource_path(schema.NODE_PROFILE_STATUS, name=node)) or {}
+    status: dict[str, Any] = found.get("status") or {}
+    return status
+
+
+def node_has(admin: SyncApi, node: str, key: str, content_hash: str | None) -> bool:
+    """Whether the node reports ``key`` processed at ``content_hash`` without a failure (None: not at all), judged
+    by the contract: its bucket's digest equals that of every profile the cluster has (``cluster_renderings``)."""
+    status = node_report(admin, node)
+    processed = admin.call(cluster_renderings)
+    if processed.get(key) != content_hash:
+        return False
+    return failure(status, key) is None and bucket_holds(status, processed, key)

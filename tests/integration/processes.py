@@ -1,4 +1,4 @@
-"""The operator and the node agent as real processes, as the integration tests drive them.
+"""The operator, the node agent and the node recorder as real processes, as the integration tests drive them.
 
 Both are ``devtools`` processes with ``devtools.commands`` command lines; what is added here is what tests ask of
 them: the operator restarted with other arguments for one run, its endpoints on known ports; an agent's health port
@@ -22,12 +22,13 @@ from devtools.commands import (
     operator_arguments,
     prepare_host_root,
     python_env,
+    recorder_arguments,
 )
 from devtools.ports import free_port
 from devtools.processes import Process
 from secprofiles.model import keys
 
-__all__ = ["SECURITYFS", "AgentProcess", "OperatorProcess", "WebhookOperator"]
+__all__ = ["SECURITYFS", "AgentProcess", "OperatorProcess", "RecorderProcess", "WebhookOperator"]
 
 
 class OperatorProcess(Process):
@@ -111,3 +112,16 @@ class AgentProcess(Process):
     def file(self, namespace: str, name: str) -> Path:
         """Where a SeccompProfile's file lands on this node."""
         return self.host_root / KUBELET_ROOT.lstrip("/") / "seccomp" / keys.localhost_profile(namespace, name)
+
+
+class RecorderProcess(Process):
+    """``python -m secprofiles.agent.recorder`` for a node, optionally under ``prefix`` (e.g. ``setpriv`` dropping a
+    capability); it records this machine's processes."""
+
+    def __init__(self, kubeconfig: Path, node: str, log: Path, prefix: tuple[str, ...] = ()) -> None:
+        super().__init__(f"recorder {node}", [*prefix, sys.executable, "-m", "secprofiles.agent.recorder",
+                                              *recorder_arguments(kubeconfig, node)], log, env=python_env(), cwd=REPO)
+
+    def logged(self, text: str) -> bool:
+        """Whether its log holds ``text`` (e.g. that it cannot record, or its health port)."""
+        return self.log.exists() and text in self.log.read_text(errors="replace")

@@ -21,7 +21,9 @@ from devtools.objects import create_node, ensure_namespace
 from devtools.waiting import eventually
 from secprofiles.model.evaluate import evaluate_sync
 from secprofiles.resources import collection_path, resource_path
+from tests.integration.kube import cluster_renderings, node_has, node_report
 from tests.integration.processes import SECURITYFS, AgentProcess
+from tests.reports import bucket_holds
 from tests.runtime.conftest import Runner, podman  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.controlplane
@@ -79,14 +81,7 @@ def rendered(obj: dict[str, Any]) -> Any:
 
 
 def node_status(cluster: DevCluster, node: str) -> dict[str, Any]:
-    status: dict[str, Any] = cluster.admin.request("GET", resource_path("NodeProfileStatus", name=node)).get(
-        "status", {})
-    return status
-
-
-def entry(cluster: DevCluster, node: str, key: str) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = node_status(cluster, node).get("profiles", {}).get(key)
-    return found
+    return node_report(cluster.admin, node)
 
 
 def test_profiles_install_update_atomically_and_delete_on_every_node(
@@ -98,8 +93,8 @@ def test_profiles_install_update_atomically_and_delete_on_every_node(
     for agent in nodes:
         eventually(lambda a=agent: a.file(namespace, "prevent-chmod").read_bytes() == expected.content,
                    what=f"file on {agent.node}")
-        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") == {
-            "contentHash": expected.content_hash, "state": "Installed"}, what="Installed in status")
+        eventually(lambda a=agent: node_has(cluster.admin, a.node, f"seccomp/{namespace}/prevent-chmod",
+                                            expected.content_hash), what="processed in the node's report")
         status = node_status(cluster, agent.node)
         assert status["ready"] is True and status["seccompAvailable"] is True and status["agentVersion"]
         assert agent.file(namespace, "prevent-chmod").stat().st_mode & 0o777 == 0o644
@@ -136,14 +131,14 @@ def test_profiles_install_update_atomically_and_delete_on_every_node(
     assert not errors, errors[:3]
     assert len(set(seen)) >= 2
     for agent in nodes:
-        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") == {
-            "contentHash": last.content_hash, "state": "Installed"}, what="updated hash in status")
+        eventually(lambda a=agent: node_has(cluster.admin, a.node, f"seccomp/{namespace}/prevent-chmod",
+                                            last.content_hash), what="updated hash in the node's report")
 
     cluster.admin.request("DELETE", item)
     for agent in nodes:
         eventually(lambda a=agent: not a.file(namespace, "prevent-chmod").exists(), what="file removed")
-        eventually(lambda a=agent: entry(cluster, a.node, f"seccomp/{namespace}/prevent-chmod") is None,
-                   what="entry removed")
+        eventually(lambda a=agent: node_has(cluster.admin, a.node, f"seccomp/{namespace}/prevent-chmod", None),
+                   what="gone from the node's report")
 
 
 def test_apparmor_is_an_error_without_apparmor_and_installed_with_simulated_apparmor(
@@ -156,15 +151,17 @@ def test_apparmor_is_an_error_without_apparmor_and_installed_with_simulated_appa
     create(cluster, seccomp_profile(namespace, "alongside"))
     try:
         expected = rendered(profile)
-        eventually(lambda: entry(cluster, without.node, f"apparmor/{name}") == {
-            "contentHash": expected.content_hash, "state": "Error", "message": "AppArmor not enabled on node"},
-            what="Error on the node without AppArmor")
-        eventually(lambda: entry(cluster, without.node, f"seccomp/{namespace}/alongside") is not None)
-        assert entry(cluster, without.node, f"seccomp/{namespace}/alongside")["state"] == "Installed"  # type: ignore[index]
+        # Processed there too (in its digest), failed for them all: appArmorEnabled false says it, unlisted.
+        eventually(lambda: node_has(cluster.admin, without.node, f"apparmor/{name}", expected.content_hash),
+                   what="processed on the node without AppArmor")
+        alongside = rendered(seccomp_profile(namespace, "alongside"))
+        eventually(lambda: node_has(cluster.admin, without.node, f"seccomp/{namespace}/alongside",
+                                    alongside.content_hash), what="the seccomp profile alongside")
         assert node_status(cluster, without.node)["appArmorEnabled"] is False
 
-        eventually(lambda: entry(cluster, with_apparmor.node, f"apparmor/{name}") == {
-            "contentHash": expected.content_hash, "state": "Installed"}, what="Installed with simulated AppArmor")
+        eventually(lambda: node_has(cluster.admin, with_apparmor.node, f"apparmor/{name}", expected.content_hash),
+                   what="Installed with simulated AppArmor")
+        assert node_status(cluster, with_apparmor.node)["appArmorEnabled"] is True
         kernel = (with_apparmor.host_root / SECURITYFS / "profiles").read_text()
         assert f"{name} (enforce)" in kernel
         assert (with_apparmor.state_dir / "apparmor" / f"{name}.apparmor").read_bytes() == expected.content
@@ -205,7 +202,7 @@ def test_taint_is_removed_only_after_the_files_exist(
         missing = poller.submit(missing_when_untainted)
         agent.start()
         assert missing.result() == [], "the taint was gone before these files existed"
-    assert node_status(cluster, agent.node)["ready"] is True
+    eventually(lambda: node_status(cluster, agent.node)["ready"] is True, what="ready reported")
     assert agent.http("/readyz") == 200
 
 
@@ -251,11 +248,13 @@ def test_kill_9_mid_sync_then_restart_converges_without_partial_files(
     eventually(lambda: agent.http("/readyz") == 200, timeout=120, what="ready after restart")
     print(f"restart converged {count} profiles in {time.monotonic() - started:.1f}s")
     assert sorted(os.listdir(directory)) == sorted(f"{name}.json" for name in expected)
-    profiles_status = node_status(cluster, agent.node)["profiles"]
+    status = node_status(cluster, agent.node)
+    processed = cluster.admin.call(cluster_renderings)
     for name, render in expected.items():
+        key = f"seccomp/{namespace}/{name}"
         assert agent.file(namespace, name).read_bytes() == render.content
-        assert profiles_status[f"seccomp/{namespace}/{name}"] == {"contentHash": render.content_hash,
-                                                                 "state": "Installed"}
+        assert processed[key] == render.content_hash and bucket_holds(status, processed, key)
+    assert not status.get("failures")
 
 
 def test_agent_written_file_is_enforced_by_podman_and_runc(

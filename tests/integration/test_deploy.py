@@ -32,6 +32,7 @@ from secprofiles.kube.client import ApiError, Credentials
 from secprofiles.model.evaluate import evaluate_sync
 from secprofiles.resources import object_path, resource_path
 from tests.conftest import REPO, missing_install
+from tests.integration.kube import node_has
 from tests.integration.processes import AgentProcess, OperatorProcess
 
 pytestmark = [
@@ -249,9 +250,8 @@ def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed
         eventually(lambda: admin.get(path) is None, timeout=60,
                    what="deletion (the operator releases its finalizer)")
         eventually(lambda: not agent.file(namespace, "prevent-chmod").exists(), what="file removed from the node")
-        eventually(lambda: f"seccomp/{namespace}/prevent-chmod" not in (
-            admin.request("GET", resource_path("NodeProfileStatus", name=node))["status"].get("profiles") or {}),
-            what="entry dropped")
+        eventually(lambda: node_has(admin, node, f"seccomp/{namespace}/prevent-chmod", None),
+                   what="gone from the node's report")
     finally:
         agent.stop()
         operator.stop()

@@ -121,7 +121,9 @@ async def run_api_fuzz(api: KubeApi, examples: int, report_figure: Callable[[str
     assert not problems, "\n".join(problems[:10])
     assert counts["cases"] == examples
     assert counts["accepted"] >= examples // 10 and counts["api rejections"] >= examples // 10, counts
-    assert counts["model rejections"] >= examples // 20, counts
+    # The generator must reach the model's own refusals (objects the API server stores): since AppArmor children and
+    # hats are allowed (issue 17) fewer generated policies are refused, 38 of 1,000 in the derandomized run.
+    assert counts["model rejections"] >= examples // 40, counts
     statuses = ", ".join(f"{k[5:]}: {v}" for k, v in sorted(counts.items()) if k.startswith("http "))
     report_figure(f"{counts['cases']} generated objects to the real API server ({counts['real creates']} real "
                   f"creates, the rest dry-run): {counts['api rejections']} API rejections ({statuses}), "

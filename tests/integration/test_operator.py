@@ -24,10 +24,11 @@ from secprofiles.agent.reporter import Reporter
 from secprofiles.controller.reconciler import FINALIZER
 from secprofiles.kube.client import ApiError, KubeApi
 from secprofiles.model import keys, nodereport
-from secprofiles.model.nodereport import Entry
+from secprofiles.model.nodereport import Failure
 from secprofiles.resources import resource_path
 from tests.integration.kube import open_api
 from tests.integration.processes import OperatorProcess
+from tests.reports import expected_buckets
 
 pytestmark = pytest.mark.controlplane
 NS = "team-a"
@@ -58,16 +59,20 @@ async def api(devcluster: DevCluster, operator: OperatorProcess) -> AsyncIterato
         print(operator.tail())
 
 
-async def report(api: KubeApi, node: dict[str, Any], entries: dict[str, dict[str, str] | None]) -> None:
-    """What a node's agent does: create its NodeProfileStatus if absent, merge-patch entries into status."""
+async def report(api: KubeApi, node: dict[str, Any], processed: dict[str, str],
+                 failures: dict[str, dict[str, str]] | None = None, **facts: Any) -> None:
+    """What a node's agent does: create its NodeProfileStatus if absent, put what it processed (every profile it
+    should have, with the hash it has; written from the contract, tests/reports.py) and its failures in status."""
     name = node["metadata"]["name"]
     try:
         await api.create(resource_path("NodeProfileStatus"), nodereport.new_object(node))
     except ApiError as error:
         if error.status != 409:
             raise
-    await api.patch(resource_path("NodeProfileStatus", name=name, subresource="status"),
-                    {"status": {"profiles": entries, "ready": True}})
+    path = resource_path("NodeProfileStatus", name=name, subresource="status")
+    await api.patch(path, {"status": {"buckets": None, "failures": None}})  # replaced, not merged
+    await api.patch(path, {"status": {"buckets": expected_buckets(processed), "failures": failures or {},
+                                      "ready": True, **facts}})
 
 
 def seccomp(name: str, **spec: Any) -> dict[str, Any]:
@@ -100,9 +105,9 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     assert status["localhostProfile"] == "secprofiles/team-a/prevent-chmod.json"
     assert status["nodes"] == {"desired": 2, "installed": 0, "failed": 0}
     key, content = keys.seccomp_key(NS, "prevent-chmod"), status["contentHash"]
-    await report(api, n1, {key: {"contentHash": content, "state": "Installed"}})
+    await report(api, n1, {key: content})
     await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["installed"] == 1)
-    await report(api, n2, {key: {"contentHash": content, "state": "Installed"}})
+    await report(api, n2, {key: content})
     status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Installed")
     assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
     assert status["conditions"][0]["type"] == "Ready" and status["conditions"][0]["status"] == "True"
@@ -117,13 +122,13 @@ async def test_valid_profile_reaches_installed_with_correct_counts(api: KubeApi)
     # Deleting a node drops it from the counts; a failing node makes the profile Error naming it.
     n3 = await create_node(api, "node-3")
     await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["desired"] == 3 and s["phase"] == "Installing")
-    await report(api, n3, {key: {"contentHash": content, "state": "Error", "message": "disk full"}})
+    await report(api, n3, {key: content}, {key: {"contentHash": content, "message": "disk full"}})
     status = await wait_status(api, "prevent-chmod", lambda s: s.get("phase") == "Error")
     assert status["failedNodes"] == [{"node": "node-3", "message": "disk full"}]
     assert "node-3: disk full" in status["conditions"][0]["message"]
     # Already Error: one more failing node is still news, as an Event naming just that node.
     n4 = await create_node(api, "node-4")
-    await report(api, n4, {key: {"contentHash": content, "state": "Error", "message": "read-only file system"}})
+    await report(api, n4, {key: content}, {key: {"contentHash": content, "message": "read-only file system"}})
     await wait_status(api, "prevent-chmod", lambda s: s["nodes"]["failed"] == 2)
 
     async def node_failed_event() -> bool:
@@ -147,11 +152,10 @@ async def test_node_status_is_garbage_collected_with_its_node_and_leaves_the_cou
     await api.create(resource_path("SeccompProfile", NS), seccomp("collected"))
     content = (await wait_status(api, "collected", lambda s: s.get("contentHash")))["contentHash"]
     key = keys.seccomp_key(NS, "collected")
-    for node, entry in (("node-1", Entry(content, nodereport.INSTALLED)),
-                        ("node-gc", Entry(content, nodereport.ERROR, "disk full"))):
+    for node, failure in (("node-1", None), ("node-gc", Failure(content, "disk full"))):
         reporter = Reporter(api, node)
         await reporter.ensure_object()
-        reporter.set(key, entry)
+        reporter.processed(key, content, failure)
         await reporter.flush()
     status = await wait_status(api, "collected", lambda s: s.get("phase") == "Error")
     assert status["failedNodes"] == [{"node": "node-gc", "message": "disk full"}]
@@ -176,13 +180,41 @@ async def test_node_status_is_garbage_collected_with_its_node_and_leaves_the_cou
     assert status["phase"] == "Installing" and status["failedNodes"] == []
     reporter = Reporter(api, "node-gc")
     await reporter.ensure_object()
-    assert reporter.entries() == {}  # nothing inherited from the dead node
+    assert reporter.known_keys() == set()  # nothing inherited from the dead node
     fresh = await api.get(report_path)
     assert fresh is not None and fresh["metadata"]["ownerReferences"][0]["uid"] == reborn["metadata"]["uid"]
-    reporter.set(key, Entry(content, nodereport.INSTALLED))
+    reporter.processed(key, content)
     await reporter.flush()
     status = await wait_status(api, "collected", lambda s: s.get("phase") == "Installed")
     assert status["nodes"] == {"desired": 2, "installed": 2, "failed": 0}
+
+
+async def test_garbage_reports_and_reports_of_profiles_that_do_not_exist_install_nothing(api: KubeApi) -> None:
+    """A node whose report is malformed, or claims a profile the cluster does not have, or the right profile at the
+    wrong hash, does not count as having it; the same node with a true report does."""
+    node = await create_node(api, "node-1")
+    await api.create(resource_path("SeccompProfile", NS), seccomp("honest", syscalls=CHMOD_RULES))
+    content = (await wait_status(api, "honest", lambda s: s.get("contentHash")))["contentHash"]
+    key = keys.seccomp_key(NS, "honest")
+    bucket = nodereport.bucket_of(key)
+    invented = next(k for k in (keys.seccomp_key(NS, f"invented-{i}") for i in range(1000))
+                    if nodereport.bucket_of(k) == bucket)
+    path = resource_path("NodeProfileStatus", name="node-1", subresource="status")
+    lies = [
+        ("garbage digests", {"buckets": {bucket: {"digest": "not-a-digest", "count": 1}}}),
+        ("a profile that does not exist", {"buckets": expected_buckets({key: content, invented: content})}),
+        ("the wrong hash", {"buckets": expected_buckets({key: "sha256:" + "0" * 64})}),
+    ]
+    await report(api, node, {})
+    for what, status in lies:
+        await api.patch(path, {"status": {"buckets": None}})
+        await api.patch(path, {"status": status})
+        await asyncio.sleep(2)  # past the publication delay: whatever the operator concluded is published
+        current = await status_of(api, "SeccompProfile", "honest")
+        assert current["phase"] == "Installing" and current["nodes"]["installed"] == 0, (what, current)
+    await report(api, node, {key: content})
+    status = await wait_status(api, "honest", lambda s: s.get("phase") == "Installed")
+    assert status["nodes"] == {"desired": 1, "installed": 1, "failed": 0}
 
 
 async def test_invalid_profile_is_error_and_never_sent_to_nodes(api: KubeApi) -> None:
@@ -204,8 +236,7 @@ async def test_apparmor_profile_is_reconciled(api: KubeApi) -> None:
     status = await wait_status(api, "k8s-apparmor-example-deny-write", lambda s: s.get("contentHash"),
                                kind="AppArmorProfile", namespace=None)
     assert status["localhostProfile"] == "k8s-apparmor-example-deny-write"
-    await report(api, node, {"apparmor/k8s-apparmor-example-deny-write": {
-        "contentHash": status["contentHash"], "state": "Error", "message": nodereport.APPARMOR_NOT_ENABLED}})
+    await report(api, node, {"apparmor/k8s-apparmor-example-deny-write": status["contentHash"]}, appArmorEnabled=False)
     status = await wait_status(api, "k8s-apparmor-example-deny-write", lambda s: s.get("phase") == "Error",
                                kind="AppArmorProfile", namespace=None)
     assert "node-1: AppArmor not enabled on node" in status["conditions"][0]["message"]
@@ -321,12 +352,14 @@ async def test_base_profile_change_rerenders_dependents(api: KubeApi) -> None:
 
 async def test_operator_restart_loses_nothing(api: KubeApi, operator: OperatorProcess) -> None:
     node = await create_node(api, "node-1")
+    # In different buckets: a profile the node has not processed holds back its bucket (docs/status.md).
+    assert nodereport.bucket_of(keys.seccomp_key(NS, "before-restart")) != \
+        nodereport.bucket_of(keys.seccomp_key(NS, "while-down"))
     await api.create(resource_path("SeccompProfile", NS), seccomp("before-restart"))
     status = await wait_status(api, "before-restart", lambda s: s.get("contentHash"))
     operator.stop(signal.SIGKILL)
     await api.create(resource_path("SeccompProfile", NS), seccomp("while-down", syscalls=CHMOD_RULES))
-    await report(api, node, {keys.seccomp_key(NS, "before-restart"): {
-        "contentHash": status["contentHash"], "state": "Installed"}})
+    await report(api, node, {keys.seccomp_key(NS, "before-restart"): status["contentHash"]})
     operator.start()
     await wait_status(api, "before-restart", lambda s: s.get("phase") == "Installed")
     await wait_status(api, "while-down", lambda s: s.get("phase") == "Installing")
@@ -344,16 +377,20 @@ async def test_restart_writes_nothing_for_profiles_already_installed(
     names = [f"steady-{i:02}" for i in range(40)]
     await asyncio.gather(*(api.create(resource_path("SeccompProfile", NS), seccomp(name)) for name in names))
     hashes = [(await wait_status(api, name, lambda s: s.get("contentHash")))["contentHash"] for name in names]
-    await report(api, node, {keys.seccomp_key(NS, name): {"contentHash": content, "state": "Installed"}
-                             for name, content in zip(names, hashes, strict=True)})
+    await report(api, node, {keys.seccomp_key(NS, name): content for name, content in zip(names, hashes, strict=True)})
     for name in names:
         await wait_status(api, name, lambda s: s.get("phase") == "Installed")
     before = {name: (await api.get(resource_path("SeccompProfile", NS, name)) or {})["metadata"]["resourceVersion"]
               for name in names}
     operator.stop(signal.SIGKILL)
     operator.start()
-    await api.create(resource_path("SeccompProfile", NS), seccomp("after-restart"))
-    await wait_status(api, "after-restart", lambda s: s.get("phase") == "Installing")
+    # A new profile in a bucket none of the 40 is in: the node has not processed it, which must not hold back
+    # profiles of its bucket (a real agent would have processed it within the publication delay anyway).
+    used = {nodereport.bucket_of(keys.seccomp_key(NS, name)) for name in names}
+    fresh = next(f"after-restart-{i}" for i in range(1000)
+                 if nodereport.bucket_of(keys.seccomp_key(NS, f"after-restart-{i}")) not in used)
+    await api.create(resource_path("SeccompProfile", NS), seccomp(fresh))
+    await wait_status(api, fresh, lambda s: s.get("phase") == "Installing")
     after = {name: (await api.get(resource_path("SeccompProfile", NS, name)) or {})["metadata"]["resourceVersion"]
              for name in names}
     rewritten = sorted(name for name in names if before[name] != after[name])

@@ -31,7 +31,7 @@ from secprofiles.controller.state import ClusterState
 from secprofiles.kube.client import ApiError, KubeApi
 from secprofiles.model.evaluate import evaluate
 from secprofiles.resources import resource_path
-from tests.integration.kube import apply_admission_policies, open_api, webhook_config
+from tests.integration.kube import apply_admission_policies, cluster_renderings, open_api, webhook_config
 from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 from tests.runtime.conftest import IMAGE, Runner, podman  # noqa: F401  (podman: the session fixture)
@@ -51,7 +51,7 @@ def operator(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -
 
 
 async def _ready_profiles(api: KubeApi) -> None:
-    """One SeccompProfile and one AppArmorProfile, reported Installed by the single node."""
+    """One SeccompProfile and one AppArmorProfile, Installed on the single node (which reports all profiles)."""
     for other in (await api.request("GET", "/api/v1/nodes"))["items"]:
         if other["metadata"]["name"] != "wh-node":  # left by other modules: they would count as desired nodes
             await api.delete(f"/api/v1/nodes/{other['metadata']['name']}")
@@ -64,13 +64,10 @@ async def _ready_profiles(api: KubeApi) -> None:
         except ApiError as error:
             if error.status != 409:
                 raise
-    entries = {}
-    for kind, namespace, name, key in (("SeccompProfile", NS, "prevent-chmod", f"seccomp/{NS}/prevent-chmod"),
-                                       ("AppArmorProfile", None, APPARMOR_NAME, f"apparmor/{APPARMOR_NAME}")):
-        status = await wait_for(lambda k=kind, ns=namespace, n=name: _status(api, k, ns, n, "contentHash"),
-                                what=f"{name} contentHash")
-        entries[key] = {"contentHash": status["contentHash"], "state": "Installed"}
-    await report(api, node, entries)
+    for kind, namespace, name in (("SeccompProfile", NS, "prevent-chmod"), ("AppArmorProfile", None, APPARMOR_NAME)):
+        await wait_for(lambda k=kind, ns=namespace, n=name: _status(api, k, ns, n, "contentHash"),
+                       what=f"{name} contentHash")
+    await report(api, node, await cluster_renderings(api))  # a node that has every profile of the cluster
     for kind, namespace, name in (("SeccompProfile", NS, "prevent-chmod"), ("AppArmorProfile", None, APPARMOR_NAME)):
         await wait_for(lambda k=kind, ns=namespace, n=name: _phase(api, k, ns, n, "Installed"), what=f"{name} Installed")
 

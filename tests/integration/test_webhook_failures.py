@@ -36,7 +36,14 @@ from devtools.objects import create_node, ensure_namespace, install_crds
 from devtools.waiting import wait_for
 from secprofiles.kube.client import ApiError, KubeApi
 from secprofiles.resources import resource_path
-from tests.integration.kube import WebhookTLS, apply_admission_policies, open_api, webhook_config, webhook_tls
+from tests.integration.kube import (
+    WebhookTLS,
+    apply_admission_policies,
+    cluster_renderings,
+    open_api,
+    webhook_config,
+    webhook_tls,
+)
 from tests.integration.processes import WebhookOperator
 from tests.integration.test_operator import report
 
@@ -420,10 +427,11 @@ async def _installed_on_every_node(api: KubeApi) -> None:
         status = ((await api.get(resource_path("SeccompProfile", OPTED, PROFILE))) or {}).get("status") or {}
         return status.get("contentHash")
 
-    digest = await wait_for(content_hash, what=f"{PROFILE} contentHash")
+    await wait_for(content_hash, what=f"{PROFILE} contentHash")
     nodes = (await api.request("GET", "/api/v1/nodes"))["items"] or [await create_node(api, "wf-node")]
+    everything = await cluster_renderings(api)  # nodes that have every profile of the cluster
     for node in nodes:
-        await report(api, node, {f"seccomp/{OPTED}/{PROFILE}": {"contentHash": digest, "state": "Installed"}})
+        await report(api, node, everything)
 
     async def installed() -> bool:
         status = ((await api.get(resource_path("SeccompProfile", OPTED, PROFILE))) or {}).get("status") or {}

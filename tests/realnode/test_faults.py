@@ -99,7 +99,7 @@ def test_readiness_gate_a_new_node_takes_no_profile_pod_before_its_agent_synced(
         raise AssertionError(
             f"Node uid {(kube.get('Node', NODE_NAME) or {}).get('metadata', {}).get('uid')}; NodeProfileStatus "
             f"{report.get('metadata', {}).get('ownerReferences')}, "
-            f"{len((report.get('status') or {}).get('profiles') or {})} entries; {error}; profile status "
+            f"status {str(report.get('status'))[:300]}; {error}; profile status "
             f"{(kube.get('SeccompProfile', 'prevent-chmod', namespace) or {}).get('status')}") from None
     real_cluster.wait_product_ready()
     report_figure("readiness gate timeline (s after the pod's create): "

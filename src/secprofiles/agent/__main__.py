@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-from secprofiles.agent import endpoints
+from secprofiles.agent import daemon, endpoints
 from secprofiles.agent.agent import Agent, Config
 from secprofiles.agent.apparmor_loader import KernelLoader, Loader, RecordingLoader
-from secprofiles.kube import jsonlog
 from secprofiles.kube.client import Credentials, KubeApi
 
 log = logging.getLogger("secprofiles.agent")
@@ -59,14 +56,8 @@ async def main_async(args: argparse.Namespace) -> None:
             log.info("listening", extra={"endpoint": "metrics", "port": port})
         log.info("agent starting", extra={"node": args.node_name, "hostRoot": str(args.host_root),
                                           "appArmorEnabled": agent.apparmor_enabled, "loader": args.apparmor_loader})
-        task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
         try:
-            await task
-        except asyncio.CancelledError:
-            log.info("agent stopping")
+            await daemon.run_until_signalled(agent.run(), log, "agent")
         finally:
             for server in servers:
                 server.close()
@@ -75,13 +66,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 1 when the agent fails (the DaemonSet restarts it)."""
     args = parse_args(argv)
-    jsonlog.setup(args.log_level)
-    try:
-        asyncio.run(main_async(args))
-    except Exception:
-        log.exception("agent failed")
-        return 1
-    return 0
+    return daemon.main(lambda: main_async(args), args.log_level, log, "agent")
 
 
 if __name__ == "__main__":

@@ -24,16 +24,14 @@ from secprofiles.agent.files import SeccompTree, UnsafePathError
 from secprofiles.agent.reporter import Reporter
 from secprofiles.kube import clock
 from secprofiles.kube.client import ApiError, EventHandler, KubeApi, list_and_watch
-from secprofiles.model import apparmor, keys, nodereport, schema, seccomp
-from secprofiles.model.evaluate import evaluate
-from secprofiles.model.nodereport import Entry
+from secprofiles.model import keys, nodereport, schema, seccomp
+from secprofiles.model.evaluate import Rendered, evaluate
+from secprofiles.model.nodereport import Failure
 from secprofiles.objects import Object
 from secprofiles.resources import resource_path
 
 log = logging.getLogger(__name__)
 KINDS = (schema.SECCOMP_PROFILE, schema.APPARMOR_PROFILE)
-MAX_ENTRIES_PER_PATCH = 2000  # keeps one merge patch far below the API server's request size limit
-MAX_MESSAGE = 1024  # the CRD's maxLength for status messages
 MAX_BACKOFF = 60.0  # disk or AppArmor errors of one profile
 MAX_API_BACKOFF = 5.0  # status patches and the readiness taint
 
@@ -54,10 +52,6 @@ def seccomp_available() -> bool:
         return any(line.startswith("Seccomp:") for line in Path("/proc/self/status").read_text().splitlines())
     except OSError:
         return False
-
-
-def _short(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
 
 
 class Agent:
@@ -151,8 +145,8 @@ class Agent:
             key = keys.apparmor_key(name)
             if self.desired.get(key) is None:
                 await self._reconcile(key)  # loaded by an earlier run, profile gone since: unload
-        for key in self.reporter.reported_keys() - self.desired.keys():
-            self.reporter.remove(key)
+        for key in self.reporter.known_keys() - self.desired.keys():
+            self.reporter.forget(key)
         self._dirty |= self.desired.keys()
         await self.drain()
         self.full_sync_done = True
@@ -167,8 +161,6 @@ class Agent:
         """Reconcile every dirty key, then send the status in one patch (more only for huge bursts)."""
         while self._dirty:
             await self._reconcile(self._dirty.pop())
-            if self.reporter.pending() >= MAX_ENTRIES_PER_PATCH:
-                await self._flush()
             await asyncio.sleep(0)  # let watch events and health probes in between profiles
         await self._flush()
         await self._become_ready()
@@ -220,93 +212,57 @@ class Agent:
         else:
             loop.call_later(delay, self.mark_dirty, {key})
 
-    def _report(self, key: str, state: str, message: str = "", content_hash: str | None = None) -> None:
-        digest = self._installed.get(key, "") if content_hash is None else content_hash
-        self.reporter.set(key, Entry(digest, state, _short(message)))
-        endpoints.RECONCILES.labels(key.partition("/")[0], state).inc()
-
     async def _reconcile(self, key: str) -> None:
         kind, namespace, name = keys.parse_key(key)
         started = time.monotonic()
         obj = self.desired.get(key)
+        content_hash: str | None = None
         try:
-            if kind == "seccomp":
-                await self._reconcile_seccomp(key, namespace, name, obj)
+            if obj is None:
+                await self._remove(kind, key, namespace, name)
+                self.reporter.forget(key)
             else:
-                await self._reconcile_apparmor(key, name, obj)
+                outcome = await evaluate(obj, self.desired.lookup, validated_hash=validated_hash(obj))
+                if outcome.rendered is None:
+                    # Never written; a file from an earlier valid version stays (pods using it keep starting).
+                    self.reporter.invalid(key, "; ".join(str(f) for f in outcome.findings))
+                    endpoints.RECONCILES.labels(kind, nodereport.ERROR).inc()
+                else:
+                    content_hash = outcome.rendered.content_hash
+                    failure = await self._install(key, namespace, name, outcome.rendered)
+                    self.reporter.processed(key, content_hash, failure)
+                    endpoints.RECONCILES.labels(kind, nodereport.ERROR if failure else nodereport.INSTALLED).inc()
             self._io_failures.pop(key, None)
         except (OSError, LoadError) as error:
             attempt = self._io_failures.get(key, 0) + 1
             self._io_failures[key] = attempt
             log.warning("reconcile failed; retrying", extra={"key": key, "error": str(error), "attempt": attempt})
-            if obj is not None:
-                self._report(key, nodereport.ERROR, f"{error}")
+            if content_hash is not None:
+                self.reporter.processed(key, content_hash, Failure(content_hash, str(error)))
             self._retry_later(key, attempt)
         endpoints.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
 
-    async def _reconcile_seccomp(self, key: str, namespace: str, name: str, obj: Object | None) -> None:
-        if obj is None:
-            try:
-                if await asyncio.to_thread(self.tree.remove, namespace, name):
-                    log.info("removed seccomp profile", extra={"key": key})
-            except UnsafePathError as error:
-                log.warning("not removing an unsafe path", extra={"key": key, "error": str(error)})
-            self._installed.pop(key, None)
-            self.reporter.remove(key)
-            return
-        try:
-            self.tree.final_path(namespace, name)
-        except UnsafePathError as error:
-            self._report(key, nodereport.ERROR, str(error))
-            return
-        outcome = await evaluate(obj, self.desired.lookup, validated_hash=validated_hash(obj))
-        rendered = outcome.rendered
-        if not isinstance(rendered, seccomp.Rendered):
-            # Never written; a file from an earlier valid version stays (pods using it keep starting) and the
-            # entry's contentHash says which bytes are installed.
-            self._report(key, nodereport.ERROR, "; ".join(str(f) for f in outcome.findings))
-            return
-        if self._installed.get(key) != rendered.content_hash:
-            try:
-                await asyncio.to_thread(self.tree.write, namespace, name, rendered.content)
-            except UnsafePathError as error:
-                self._report(key, nodereport.ERROR, str(error))
-                return
-            self._installed[key] = rendered.content_hash
-            log.info("wrote seccomp profile", extra={"key": key, "contentHash": rendered.content_hash})
-        self._report(key, nodereport.INSTALLED)
-
-    async def _reconcile_apparmor(self, key: str, name: str, obj: Object | None) -> None:
-        if obj is None:
-            text = self.sources.read(name)
-            if text is not None:
-                if self.loader is not None and name in self.loader.loaded_names():
-                    await self.loader.remove(name, self.sources.path(name))
-                    log.info("unloaded AppArmor profile", extra={"key": key})
-                self.sources.delete(name)
-            self._installed.pop(key, None)
-            self.reporter.remove(key)
-            return
+    async def _install(self, key: str, namespace: str, name: str, rendered: Rendered) -> Failure | None:
+        """Put a valid rendering on the node; a failure that retrying cannot fix is returned, I/O errors raise."""
+        if isinstance(rendered, seccomp.Rendered):
+            if self._installed.get(key) != rendered.content_hash:
+                try:
+                    await asyncio.to_thread(self.tree.write, namespace, name, rendered.content)
+                except UnsafePathError as error:
+                    return Failure(rendered.content_hash, str(error))
+                self._installed[key] = rendered.content_hash
+                log.info("wrote seccomp profile", extra={"key": key, "contentHash": rendered.content_hash})
+            return None
         if self.loader is None:
             # Reported, never skipped: pods asking for this profile cannot run here.
-            outcome = await evaluate(obj, native_checks=False)
-            digest = outcome.rendered.content_hash if outcome.rendered else ""
-            self._report(key, nodereport.ERROR, nodereport.APPARMOR_NOT_ENABLED, content_hash=digest)
-            return
-        outcome = await evaluate(obj, validated_hash=validated_hash(obj))
-        rendered = outcome.rendered
-        if not isinstance(rendered, apparmor.Rendered):
-            self._report(key, nodereport.ERROR, "; ".join(str(f) for f in outcome.findings))
-            return
+            return Failure(rendered.content_hash, nodereport.APPARMOR_NOT_ENABLED)
         previous = self.sources.read(name)
         loaded = self.loader.loaded_names()
         if name in loaded and previous is None:
-            self._report(key, nodereport.ERROR, f"an AppArmor profile named {name!r} is already loaded on the node "
-                                                "and was not loaded by secprofiles; refusing to replace it")
-            return
+            return Failure(rendered.content_hash, f"an AppArmor profile named {name!r} is already loaded on the node "
+                                                  "and was not loaded by secprofiles; refusing to replace it")
         if self._installed.get(key) == rendered.content_hash and name in loaded:
-            self._report(key, nodereport.INSTALLED)
-            return
+            return None
         # The text is kept before loading: a crash right after the load still leaves the agent owning it.
         path = self.sources.write(name, rendered.content)
         try:
@@ -316,18 +272,29 @@ class Agent:
                 self.sources.delete(name)
             else:
                 self.sources.write(name, previous)  # what is loaded is still the previous text: keep it for -R
-            self._report(key, nodereport.ERROR, str(error))
-            return
+            return Failure(rendered.content_hash, str(error))
         self._installed[key] = rendered.content_hash
         log.info("loaded AppArmor profile", extra={"key": key, "contentHash": rendered.content_hash,
                                                    "complain": rendered.complain})
-        self._report(key, nodereport.INSTALLED)
+        return None
+
+    async def _remove(self, kind: str, key: str, namespace: str, name: str) -> None:
+        """The profile is gone: its file removed, or its AppArmor profile unloaded (only what this agent loaded)."""
+        self._installed.pop(key, None)
+        if kind == keys.SECCOMP:
+            try:
+                if await asyncio.to_thread(self.tree.remove, namespace, name):
+                    log.info("removed seccomp profile", extra={"key": key})
+            except UnsafePathError as error:
+                log.warning("not removing an unsafe path", extra={"key": key, "error": str(error)})
+            return
+        if self.sources.read(name) is not None:
+            if self.loader is not None and name in self.loader.loaded_names():
+                await self.loader.remove(name, self.sources.path(name))
+                log.info("unloaded AppArmor profile", extra={"key": key})
+            self.sources.delete(name)
 
     def _update_gauges(self) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for key, entry in self.reporter.entries().items():
-            label = (key.partition("/")[0], entry.state)
-            counts[label] = counts.get(label, 0) + 1
-        for kind in ("seccomp", "apparmor"):
-            for state in (nodereport.INSTALLED, nodereport.ERROR):
-                endpoints.PROFILES.labels(kind, state).set(counts.get((kind, state), 0))
+        for kind, counts in self.reporter.counts_by_kind().items():
+            for state, count in counts.items():
+                endpoints.PROFILES.labels(kind, state).set(count)

@@ -1,9 +1,10 @@
-"""The node's NodeProfileStatus, written in batches: many entry changes, one merge patch.
+"""The node's NodeProfileStatus (``model.nodereport``), written in batches: many changes, one small merge patch.
 
-Entry changes are coalesced in memory (the last value per key wins, a change back to what was last
-sent cancels out) and ``flush`` sends them in one JSON merge patch to the status subresource, with the
-summary counts and node facts. The agent flushes whenever its work queue is drained, so a burst of
-profile changes costs one write.
+The reporter keeps what the node has processed - ``(key, contentHash)`` of every valid rendering it installed or
+failed to install - as per-bucket digests, and the failures. ``flush`` sends only the buckets, failures and facts
+that differ from what the server has, in one JSON merge patch to the status subresource, with the summary counts.
+The agent flushes whenever its work queue is drained, so a burst of profile changes costs one write, whose size
+depends on the buckets touched (at most ``nodereport.BUCKETS``), never on the number of profiles.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 from typing import Any, Protocol
 
 from secprofiles.kube.client import ApiError
-from secprofiles.model import nodereport, schema
-from secprofiles.model.nodereport import Entry
+from secprofiles.model import keys, nodereport, schema
+from secprofiles.model.nodereport import Digests, Failure
 from secprofiles.resources import resource_path
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,18 @@ class Reporter:
         self.api = api
         self.node_name = node_name
         self.path = resource_path(schema.NODE_PROFILE_STATUS, name=node_name)
-        self._sent: dict[str, Entry] = {}
-        self._pending: dict[str, Entry | None] = {}
+        self._processed: dict[str, str] = {}  # key -> content hash of the valid rendering processed
+        self._digests = Digests()
+        self._failures: dict[str, Failure] = {}
+        self._sent_buckets: dict[str, dict[str, Any]] = {}
+        self._sent_failures: dict[str, Failure] = {}
+        self._sent_truncated = False
         self._facts: dict[str, Any] = {}
         self._sent_facts: dict[str, Any] = {}
         self.patches = 0
 
     async def ensure_object(self) -> None:
-        """Create the NodeProfileStatus (owned by the Node) if absent; remember the entries it already has."""
+        """Create the NodeProfileStatus (owned by the Node) if absent; remember what the server has."""
         existing = await self.api.get(self.path)
         if existing is None:
             node = await self.api.get(resource_path("Node", name=self.node_name))
@@ -58,27 +63,37 @@ class Reporter:
                 if error.status != 409:
                     raise
                 existing = await self.api.get(self.path) or {}  # another start of this agent won the race
-        profiles = (existing.get("status") or {}).get("profiles") or {}
-        self._sent = {key: Entry.from_status(value) for key, value in profiles.items()}
+        status = existing.get("status") or {}
+        self._sent_buckets = {b: v for b, v in (status.get("buckets") or {}).items() if isinstance(v, dict)}
+        self._sent_failures = {k: Failure(str(v.get("contentHash", "")), str(v.get("message", "")))
+                               for k, v in (status.get("failures") or {}).items() if isinstance(v, dict)}
+        self._sent_truncated = status.get("failuresTruncated") is True
 
-    def reported_keys(self) -> set[str]:
-        """Keys the status has or will have after the next flush."""
-        keys = set(self._sent) | {k for k, v in self._pending.items() if v is not None}
-        return keys - {k for k, v in self._pending.items() if v is None}
+    def known_keys(self) -> set[str]:
+        """Keys the status speaks of (processed or failed, here or, for failures, as the server has them)."""
+        return set(self._processed) | set(self._failures) | set(self._sent_failures)
 
-    def set(self, key: str, entry: Entry) -> None:
-        """Report ``entry`` for ``key`` at the next flush."""
-        self._stage(key, entry)
+    def processed(self, key: str, content_hash: str, failure: Failure | None = None) -> None:
+        """``key`` is processed at ``content_hash``: installed, or failed as ``failure`` says."""
+        self._digests.replace(key, self._processed.get(key), content_hash)
+        self._processed[key] = content_hash
+        self._set_failure(key, failure)
 
-    def remove(self, key: str) -> None:
-        """Drop ``key`` from the status at the next flush."""
-        self._stage(key, None)
+    def invalid(self, key: str, message: str) -> None:
+        """The node judges ``key`` invalid: not processed (out of the digest), a failure with hash ``""``."""
+        self._digests.replace(key, self._processed.pop(key, None), None)
+        self._set_failure(key, Failure("", message))
 
-    def _stage(self, key: str, value: Entry | None) -> None:
-        if self._sent.get(key) == value:
-            self._pending.pop(key, None)  # back to what the server has: nothing to send
+    def forget(self, key: str) -> None:
+        """The profile is gone: out of the digest and the failures."""
+        self._digests.replace(key, self._processed.pop(key, None), None)
+        self._set_failure(key, None)
+
+    def _set_failure(self, key: str, failure: Failure | None) -> None:
+        if failure is None:
+            self._failures.pop(key, None)
         else:
-            self._pending[key] = value
+            self._failures[key] = Failure(failure.content_hash, _short(failure.message))
 
     def set_facts(self, **facts: Any) -> None:
         """Node facts (``ready``, ``appArmorEnabled``, ...) for the next flush; unchanged ones are not resent."""
@@ -90,52 +105,83 @@ class Reporter:
 
     async def recreate(self) -> None:
         """The object vanished (deleted by hand): create it again and resend everything at the next flush."""
-        everything: dict[str, Entry | None] = {**self._sent, **self._pending}
         facts = {**self._sent_facts, **self._facts}
-        self._sent, self._sent_facts = {}, {}
+        self._sent_facts = {}
         await self.ensure_object()
-        self._sent = {}
-        self._pending = {k: v for k, v in everything.items() if v is not None}
         self._facts = facts
 
-    def pending(self) -> int:
-        """How many entry changes wait for the next flush."""
-        return len(self._pending)
-
-    def entries(self) -> dict[str, Entry]:
-        """Every entry as it will be after the next flush."""
-        merged = {**self._sent, **self._pending}
-        return {key: entry for key, entry in merged.items() if entry is not None}
-
     def summary(self) -> dict[str, int]:
-        """Counts over the entries as they will be after the next flush."""
-        states = [entry.state for entry in self.entries().values()]
-        return {"installed": states.count(nodereport.INSTALLED), "failed": states.count(nodereport.ERROR)}
+        """Counts for people: installed (processed without a failure) and failed (failures, listed or implied)."""
+        return {"installed": len(self._processed.keys() - self._failures.keys()), "failed": len(self._failures)}
+
+    def counts_by_kind(self) -> dict[str, dict[str, int]]:
+        """Profiles per kind (``seccomp``, ``apparmor``) and state (Installed, Error), for the agent's gauges."""
+        counts = {kind: {nodereport.INSTALLED: 0, nodereport.ERROR: 0} for kind in (keys.SECCOMP, keys.APPARMOR)}
+        for key in self._processed.keys() | self._failures.keys():
+            state = nodereport.ERROR if key in self._failures else nodereport.INSTALLED
+            counts[key.partition("/")[0]][state] += 1
+        return counts
+
+    def _listed_failures(self) -> tuple[dict[str, Failure], bool]:
+        """The failures to list (those ``appArmorEnabled: false`` implies are not) and whether some are cut."""
+        listed = {k: f for k, f in sorted(self._failures.items()) if f.message != nodereport.APPARMOR_NOT_ENABLED}
+        if len(listed) <= nodereport.MAX_FAILURES:
+            return listed, False
+        return dict(list(listed.items())[:nodereport.MAX_FAILURES]), True
+
+    def _changes(self) -> dict[str, Any]:
+        """What differs from the server: the ``status`` of a merge patch, without summary (empty: nothing)."""
+        status: dict[str, Any] = dict(self._facts)
+        current = self._digests.as_status(self._digests.values)
+        buckets = {b: v for b, v in current.items() if self._sent_buckets.get(b) != v}
+        buckets.update({b: None for b in self._sent_buckets if b not in current})
+        if buckets:
+            status["buckets"] = buckets
+        listed, truncated = self._listed_failures()
+        failures: dict[str, Any] = {k: f.as_status() for k, f in listed.items() if self._sent_failures.get(k) != f}
+        failures.update({k: None for k in self._sent_failures if k not in listed})
+        if failures:
+            status["failures"] = failures
+        if truncated != self._sent_truncated:
+            status["failuresTruncated"] = truncated
+        return status
+
+    def pending(self) -> bool:
+        """Whether the next flush has anything to send."""
+        return bool(self._changes())
 
     async def flush(self) -> bool:
-        """Send every pending change in one merge patch to the status subresource; False if nothing to send.
+        """Send what changed in one merge patch to the status subresource; False if nothing to send.
 
-        On failure the changes stay pending (merged with newer ones) and the error propagates.
+        On failure nothing counts as sent (the next flush computes the difference again) and the error propagates.
         """
-        if not self._pending and not self._facts:
+        status = self._changes()
+        if not status:
             return False
-        pending, facts = self._pending, self._facts
-        status: dict[str, Any] = {**facts, "summary": self.summary()}
-        if pending:
-            status["profiles"] = {k: None if v is None else v.as_status() for k, v in pending.items()}
-        self._pending, self._facts = {}, {}
-        try:
-            await self.api.patch(self.path + "/status", {"status": status})
-        except BaseException:
-            self._pending = {**pending, **self._pending}
-            self._facts = {**facts, **self._facts}
-            raise
-        for key, value in pending.items():
+        status["summary"] = self.summary()
+        facts = dict(self._facts)
+        await self.api.patch(self.path + "/status", {"status": status})
+        for bucket, value in (status.get("buckets") or {}).items():
             if value is None:
-                self._sent.pop(key, None)
+                self._sent_buckets.pop(bucket, None)
             else:
-                self._sent[key] = value
+                self._sent_buckets[bucket] = value
+        for key, value in (status.get("failures") or {}).items():
+            if value is None:
+                self._sent_failures.pop(key, None)
+            else:
+                self._sent_failures[key] = Failure(value["contentHash"], value["message"])
+        self._sent_truncated = status.get("failuresTruncated", self._sent_truncated)
         self._sent_facts.update(facts)
+        for name, value in facts.items():
+            if self._facts.get(name, _MISSING) == value:
+                del self._facts[name]
         self.patches += 1
-        log.debug("status patched", extra={"entries": len(pending), "facts": sorted(facts)})
+        log.debug("status patched", extra={"buckets": len(status.get("buckets") or {}),
+                                           "failures": len(status.get("failures") or {})})
         return True
+
+
+def _short(message: str) -> str:
+    limit = nodereport.MAX_MESSAGE
+    return message if len(message) <= limit else message[:limit - 3] + "..."

@@ -1,1 +1,1 @@
-"""The ``secprofiles`` command: lint, render and import profiles without a cluster."""
+"""The ``secprofiles`` command: lint, render, import and record profiles without a cluster."""

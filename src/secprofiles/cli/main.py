@@ -1,6 +1,6 @@
-"""The ``secprofiles`` command: lint, render and import profiles without a cluster.
+"""The ``secprofiles`` command: lint, render, import and record profiles without a cluster.
 
-Exit codes: 0 clean, 1 findings, 2 usage errors.
+Exit codes: 0 clean, 1 findings (``record``: failed, nothing written), 2 usage errors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from secprofiles.cli import importer, lint, spo, yamlout
+from secprofiles.cli import importer, lint, record, spo, yamlout
 from secprofiles.cli.documents import DocumentError, load_file
 from secprofiles.model import schema, seccomp, syscalls
 from secprofiles.model.evaluate import evaluate_sync
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         "name; default this machine's")
     p.add_argument("--capabilities", default=",".join(importer.DEFAULT_CAPABILITIES),
                    help="comma-separated capabilities the containers hold (default: containerd's default set)")
+
+    record.add_parser(commands)
     return parser
 
 
@@ -58,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lint(args)
         if args.command == "render":
             return _render(args)
+        if args.command == "record":
+            return record.run(args)
         return _import(args)
     except BrokenPipeError:
         return EXIT_CLEAN

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port; 0 disables")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--recording", action="store_true",
+                        help="handle ProfileRecordings (manifests/overlays/recording grants the rights it needs)")
     hook = parser.add_argument_group("pod-binding webhook (off unless --webhook-port is given)")
     hook.add_argument("--webhook-port", type=int, default=0, help="HTTPS port to serve the webhook on")
     hook.add_argument("--webhook-host", default="0.0.0.0", help="listen address (default: all interfaces)")
@@ -54,7 +56,7 @@ def main() -> None:
         server_version=args.assume_server_version) if args.webhook_port else None
     lease = None if args.standalone else LeaseSettings.scaled(
         args.namespace, args.identity or default_identity(), args.lease_name, args.lease_duration)
-    operator = Operator(args.kubeconfig, webhook, lease)
+    operator = Operator(args.kubeconfig, webhook, lease, recording=args.recording)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=operator.metrics.registry)
     # Kopf's own peering stays off: every replica watches, the Lease decides who writes (controller/leadership.py).

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from secprofiles.controller.nodes import NodeCounts
 from secprofiles.model.findings import Finding
-from secprofiles.model.nodereport import ERROR, INSTALLED, Entry
 
 MAX_LISTED = 20
 PENDING, INSTALLING, INSTALLED_PHASE, ERROR_PHASE, TERMINATING = (
@@ -26,47 +26,37 @@ class ProfileState:
     users: tuple[str, ...]
 
 
-def node_counts(content_hash: str, desired_nodes: Iterable[str],
-                reports: Mapping[str, Entry | None]) -> tuple[int, int, list[dict[str, str]]]:
-    """(installed, failed, failed nodes with messages) over the desired nodes for this version."""
-    installed, failed = 0, []
-    for node in sorted(desired_nodes):
-        entry = reports.get(node)
-        if entry is None:
-            continue
-        if entry.state == INSTALLED and entry.content_hash == content_hash:
-            installed += 1
-        elif entry.state == ERROR and entry.content_hash in (content_hash, ""):
-            failed.append({"node": node, "message": entry.message or "failed"})
-    return installed, len(failed), failed
+def status(state: ProfileState, nodes: NodeCounts) -> dict[str, Any]:
+    """The ``status`` the operator publishes (without conditions' transition times; see ``conditions``).
 
-
-def status(state: ProfileState, desired_nodes: Iterable[str], reports: Mapping[str, Entry | None]) -> dict[str, Any]:
-    """The ``status`` the operator publishes (without conditions' transition times; see ``conditions``)."""
-    desired = sorted(desired_nodes)
+    ``nodes`` counts the desired nodes and, for a valid profile, those that have its current rendering installed
+    and those where it failed (see ``nodes.NodeView``).
+    """
+    desired = nodes.desired
     result: dict[str, Any] = {"observedGeneration": state.generation}
     if state.findings:
         message = "; ".join(str(f) for f in state.findings)
         phase, reason, text = ERROR_PHASE, "Invalid", f"invalid profile, not sent to nodes: {message}"
         result.update(contentHash=None, localhostProfile=None,
-                      nodes={"desired": len(desired), "installed": 0, "failed": 0}, failedNodes=[])
+                      nodes={"desired": desired, "installed": 0, "failed": 0}, failedNodes=[])
     else:
         assert state.content_hash is not None
-        installed, failed, failed_nodes = node_counts(state.content_hash, desired, reports)
+        installed, failed = nodes.installed, len(nodes.failed)
+        failed_nodes = [{"node": node, "message": message} for node, message in nodes.failed.items()]
         result.update(contentHash=state.content_hash, localhostProfile=state.localhost_profile,
-                      nodes={"desired": len(desired), "installed": installed, "failed": failed},
+                      nodes={"desired": desired, "installed": installed, "failed": failed},
                       failedNodes=failed_nodes[:MAX_LISTED])
         if failed:
             listed = "; ".join(f"{f['node']}: {f['message']}" for f in failed_nodes[:3])
             more = f" (and {failed - 3} more)" if failed > 3 else ""
-            text = f"failed on {failed} of {len(desired)} node(s): {listed}{more}"
+            text = f"failed on {failed} of {desired} node(s): {listed}{more}"
             phase, reason = ERROR_PHASE, "NodeFailed"
         elif not desired:
             phase, reason, text = PENDING, "NoNodes", "no nodes to install on yet"
-        elif installed == len(desired):
+        elif installed == desired:
             phase, reason, text = INSTALLED_PHASE, "Installed", f"installed on all {installed} node(s)"
         else:
-            phase, reason, text = INSTALLING, "Installing", f"installed on {installed} of {len(desired)} node(s)"
+            phase, reason, text = INSTALLING, "Installing", f"installed on {installed} of {desired} node(s)"
     result["inUseBy"] = {"count": len(state.users), "pods": sorted(state.users)[:MAX_LISTED]}
     if state.deleting:
         listed = ", ".join(sorted(state.users)[:5]) + (" …" if len(state.users) > 5 else "")

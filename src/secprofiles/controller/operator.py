@@ -25,6 +25,7 @@ from secprofiles.controller.admission.webhook import HANDLER_ID, Admission, Webh
 from secprofiles.controller.leadership import Leadership, LeaseSettings
 from secprofiles.controller.metrics import OperatorMetrics
 from secprofiles.controller.reconciler import Reconciler
+from secprofiles.controller.recordings import Recordings
 from secprofiles.controller.state import ClusterState
 from secprofiles.kube.client import ApiError, Credentials, KubeApi, list_and_watch
 from secprofiles.model import apparmor_parser, keys, schema
@@ -68,13 +69,16 @@ class Operator:
     """
 
     def __init__(self, kubeconfig: str | None = None, webhook: WebhookOptions | None = None,
-                 lease: LeaseSettings | None = None) -> None:
+                 lease: LeaseSettings | None = None, recording: bool = False) -> None:
         self.kubeconfig = kubeconfig
         self.state = ClusterState()
         self.metrics = OperatorMetrics()
         self.leadership = Leadership(lease)
         self.metrics.leader_from(lambda: self.leadership.leading)
-        self.admission = Admission(webhook, self.state, self.metrics) if webhook is not None else None
+        # ProfileRecordings (manifests/overlays/recording): their own watches, writer and webhook decision.
+        self.recordings = Recordings(kubeconfig, self.state, self.leadership) if recording else None
+        self.admission = Admission(webhook, self.state, self.metrics, self.recordings) \
+            if webhook is not None else None
         self.running: Running | None = None
 
     def mark(self, profile_keys: set[str]) -> None:
@@ -118,8 +122,8 @@ class Operator:
         await asyncio.gather(*self.running.tasks, return_exceptions=True)
         await self.running.api.close()
 
-    # Node reports come through the lean reflector, not Kopf: one holds an entry per profile (~750 KiB at 5,000
-    # profiles) and Kopf deep-copies every event body, which set the operator's peak memory at scale.
+    # Node reports come through the lean reflector, not Kopf: every profile change brings one event per node, and
+    # Kopf deep-copies every event body and keeps per-object handler state the reports do not need.
     async def _report_event(self, event_type: str, obj: Object) -> None:
         self.mark(self.state.apply_report(event_type, obj))
 
@@ -170,6 +174,8 @@ class Operator:
                                 **_: Any) -> None:
                 admission.admit(dict(body), patch, warnings, dryrun)
 
+        if self.recordings is not None:
+            self.recordings.register(registry)
         return registry
 
 

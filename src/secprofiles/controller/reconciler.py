@@ -1,12 +1,24 @@
 """Turns dirty profile keys into status patches, finalizer changes and Events.
 
-One worker drains a queue of keys that watch events marked dirty; nothing is requeued on a timer. A key
-is reconciled from the in-memory ``ClusterState``; only writes go to the API server.
+Workers drain a queue of keys that watch events marked dirty; a key is never worked on by two workers at once, and
+nothing is requeued on a timer except backoff and the publication delay below. A key is reconciled from the
+in-memory ``ClusterState``; only writes go to the API server.
+
+When it starts leading, the reconciler first evaluates every profile (a rendering equal to the published
+``contentHash`` skips validation, see ``model.evaluate``) and gives the node view all renderings in one batch,
+so statuses are computed against complete digests: a restart with current statuses writes nothing.
+
+Status writes are coalesced: a profile that is merely *Installing* (its new version on some nodes, no failure)
+is published only after it has been Installing for ``installing_delay`` seconds, and then at most once per that
+delay. One change that every node installs within the delay costs one status write (and an Event only when the
+phase changes), whatever the number of nodes. Until then the published status keeps its ``observedGeneration``,
+so readers (the webhook among them) see that the newest generation is not reflected yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -19,7 +31,8 @@ from secprofiles.controller.state import ClusterState, Profile
 from secprofiles.kube import clock
 from secprofiles.kube.client import ApiError, KubeApi
 from secprofiles.model import schema, seccomp
-from secprofiles.model.evaluate import Outcome, evaluate
+from secprofiles.model.evaluate import evaluate
+from secprofiles.model.findings import Finding
 from secprofiles.resources import resource_path
 
 log = logging.getLogger(__name__)
@@ -30,42 +43,69 @@ NAMESPACE_TERMINATING = "NamespaceTerminating"  # the Status cause of a create i
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the operator keeps of one evaluation (not the rendered bytes: they can be large)."""
+
+    content_hash: str | None
+    localhost_profile: str | None
+    findings: tuple[Finding, ...]
+
+
 @dataclass
 class Reconciler:
-    """The operator's single writer of profile status and finalizers."""
+    """The operator's writer of profile status and finalizers."""
 
     state: ClusterState
     api: KubeApi
     metrics: OperatorMetrics
+    workers: int = 4
+    installing_delay: float = 1.0
     _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    _pending: set[str] = field(default_factory=set)
-    _outcomes: dict[str, tuple[str, Outcome]] = field(default_factory=dict)
+    _queued: set[str] = field(default_factory=set)
+    _working: set[str] = field(default_factory=set)
+    _again: set[str] = field(default_factory=set)
+    _verdicts: dict[str, tuple[bytes, Verdict]] = field(default_factory=dict)  # key -> (fingerprint, verdict)
     _version_seen_at: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+    _installing: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # key -> (hash, since, last)
+    _held: set[str] = field(default_factory=set)  # keys with a publication timer set
     _failures: dict[str, int] = field(default_factory=dict)
 
     def mark(self, keys: set[str]) -> None:
-        """Queue keys for reconciliation (each at most once while pending)."""
-        for key in keys - self._pending:
-            self._pending.add(key)
-            self._queue.put_nowait(key)
+        """Queue keys for reconciliation (each at most once while queued; again after its running turn)."""
+        for key in keys:
+            if key in self._working:
+                self._again.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._queue.put_nowait(key)
 
     async def lead(self) -> None:
-        """Reconcile every profile, then work forever (started each time this replica becomes the leader)."""
+        """Evaluate every profile, reconcile every one, then work forever (each time this replica leads)."""
+        started = time.monotonic()
+        renderings: dict[str, str | None] = {}
+        for number, (key, profile) in enumerate(list(self.state.profiles.items())):
+            renderings[key] = (await self._verdict(profile)).content_hash
+            if number % 100 == 99:
+                await asyncio.sleep(0)  # the webhook and the watches keep going meanwhile
+        self.state.view.set_renderings(renderings)
+        log.info("evaluated %d profiles in %.1fs", len(renderings), time.monotonic() - started)
         self.mark(set(self.state.profiles))
-        await self.run()
+        await asyncio.gather(*(self._work() for _ in range(self.workers)))
 
-    async def run(self) -> None:
-        """Work forever: one key at a time, retrying failed keys with a short backoff."""
+    async def _work(self) -> None:
+        """One worker, forever: one key at a time, retrying failed keys with a short backoff."""
         while True:
             key = await self._queue.get()
-            self._pending.discard(key)
+            self._queued.discard(key)
+            self._working.add(key)
             profile = self.state.profiles.get(key)
             kind = profile.kind if profile else "unknown"
             self.metrics.reconciles.labels(kind).inc()
             try:
                 await self.reconcile(key)
                 self._failures.pop(key, None)
-            except Exception as error:  # one failing key must never stop this, the only worker
+            except Exception as error:  # one failing key must never stop a worker
                 attempt = self._failures.get(key, 0)
                 self._failures[key] = attempt + 1
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
@@ -74,6 +114,11 @@ class Reconciler:
                 log.warning("reconcile %s failed (%s); retrying in %.1fs", key, str(error) or type(error).__name__,
                             delay, exc_info=None if expected else error)
                 asyncio.get_running_loop().call_later(delay, self.mark, {key})
+            finally:
+                self._working.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.mark({key})
 
     async def reconcile(self, key: str) -> None:
         """Bring one profile's status and finalizer in line with the cluster state."""
@@ -81,7 +126,8 @@ class Reconciler:
         if profile is None:
             self._forget(key)
             return
-        outcome = await self._outcome(profile)
+        verdict = await self._verdict(profile)
+        self.mark(self.state.set_rendering(key, verdict.content_hash) - {key})
         users = tuple(sorted(self.state.users.get(key, ())))
         if profile.deleting and not users:
             users = await self._confirmed_users(key)
@@ -90,23 +136,27 @@ class Reconciler:
                 return
         if not profile.deleting and FINALIZER not in profile.finalizers:
             await self._set_finalizers(profile, [*profile.finalizers, FINALIZER])
-        rendered = outcome.rendered
         state = aggregate.ProfileState(
-            generation=profile.generation, content_hash=rendered.content_hash if rendered else None,
-            localhost_profile=rendered.localhost_profile if rendered else None,
-            findings=outcome.findings, deleting=profile.deleting, users=users)
-        status = aggregate.status(state, self.state.nodes, self.state.node_entries(key))
-        await self._publish(profile, status)
+            generation=profile.generation, content_hash=verdict.content_hash,
+            localhost_profile=verdict.localhost_profile, findings=verdict.findings, deleting=profile.deleting,
+            users=users)
+        await self._publish(profile, aggregate.status(state, self.state.node_counts(key)))
 
-    async def _outcome(self, profile: Profile) -> Outcome:
-        """Validate and render, cached by the content of the profile and its base chain."""
-        fingerprint = json.dumps([profile.name, profile.namespace, *self._chain_specs(profile)], sort_keys=True)
-        cached = self._outcomes.get(profile.key)
+    async def _verdict(self, profile: Profile) -> Verdict:
+        """Validate and render, cached by the content of the profile and its base chain. A rendering equal to the
+        published ``contentHash`` (this operator validated it before, e.g. before a restart) is not checked again."""
+        fingerprint = hashlib.sha256(json.dumps([profile.name, profile.namespace, *self._chain_specs(profile)],
+                                                sort_keys=True).encode()).digest()
+        cached = self._verdicts.get(profile.key)
         if cached and cached[0] == fingerprint:
             return cached[1]
-        outcome = await evaluate(profile.as_object(), self.state.lookup)
-        self._outcomes[profile.key] = (fingerprint, outcome)
-        return outcome
+        outcome = await evaluate(profile.as_object(), self.state.lookup,
+                                 validated_hash=profile.status.get("contentHash"))
+        rendered = outcome.rendered
+        verdict = Verdict(rendered.content_hash if rendered else None, rendered.localhost_profile if rendered else None,
+                          outcome.findings)
+        self._verdicts[profile.key] = (fingerprint, verdict)
+        return verdict
 
     def _chain_specs(self, profile: Profile) -> list[Any]:
         """The specs the rendering depends on: the profile's and its bases' (a bundled base never changes, and the
@@ -148,6 +198,12 @@ class Reconciler:
     async def _publish(self, profile: Profile, status: dict[str, Any]) -> None:
         old = profile.status
         if _comparable(status) == _comparable({k: old.get(k) for k in status}):
+            self._installing.pop(profile.key, None)
+            return
+        if (wait := self._installing_wait(profile.key, status)) > 0:
+            if profile.key not in self._held:
+                self._held.add(profile.key)
+                asyncio.get_running_loop().call_later(wait, self._release_hold, profile.key)
             return
         status = aggregate.with_transition_times(status, old, clock.timestamp())
         path = resource_path(profile.kind, profile.namespace, profile.name, "status")
@@ -163,6 +219,23 @@ class Reconciler:
             await self._event(profile, note.type, note.reason, note.message)
         log.info("status %s", json.dumps({"profile": profile.key, "phase": status["phase"],
                                           "nodes": status.get("nodes"), "hash": status.get("contentHash")}))
+
+    def _release_hold(self, key: str) -> None:
+        self._held.discard(key)
+        self.mark({key})
+
+    def _installing_wait(self, key: str, status: dict[str, Any]) -> float:
+        """Seconds to hold an Installing status back (0: publish now); see the module docstring."""
+        if status["phase"] != aggregate.INSTALLING:
+            self._installing.pop(key, None)
+            return 0.0
+        now = time.monotonic()
+        content_hash, since, last = self._installing.get(key, ("", now, 0.0))
+        if content_hash != status["contentHash"]:
+            since, last = now, 0.0
+        wait = max(since + self.installing_delay, last + self.installing_delay) - now
+        self._installing[key] = (status["contentHash"], since, now if wait <= 0 else last)
+        return max(wait, 0.0)
 
     def _observe_install_time(self, profile: Profile, status: dict[str, Any]) -> None:
         content = status.get("contentHash")
@@ -192,8 +265,9 @@ class Reconciler:
                 log.warning("could not post event for %s: %s", profile.key, error)
 
     def _forget(self, key: str) -> None:
-        self._outcomes.pop(key, None)
-        self._version_seen_at.pop(key, None)
+        self.mark(self.state.set_rendering(key, None) - {key})
+        for store in (self._verdicts, self._version_seen_at, self._installing):
+            store.pop(key, None)
         self.metrics.forget(key)
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from secprofiles.controller import podrefs
 from secprofiles.controller.admission.binding import Binding, ProfileInfo
-from secprofiles.model import keys, schema
-from secprofiles.model.nodereport import Entry
+from secprofiles.controller.nodes import NodeCounts, NodeView
+from secprofiles.model import keys, nodereport, schema
+from secprofiles.model.nodereport import Report
 from secprofiles.model.seccomp import BUNDLED_PREFIX, Spec
 from secprofiles.objects import Object
 
@@ -70,7 +71,8 @@ class ProfileInfos(Mapping[str, ProfileInfo]):
     def __getitem__(self, key: str) -> ProfileInfo:
         profile = self._profiles[key]
         return ProfileInfo(phase=profile.status.get("phase"), content_hash=profile.status.get("contentHash"),
-                           deleting=profile.deleting)
+                           deleting=profile.deleting,
+                           current=profile.status.get("observedGeneration") == profile.generation)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._profiles)
@@ -84,8 +86,7 @@ class ClusterState:
     """Profiles, nodes, node reports and pod references, as last seen."""
 
     profiles: dict[str, Profile] = field(default_factory=dict)
-    nodes: set[str] = field(default_factory=set)
-    reports: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    view: NodeView = field(default_factory=NodeView)  # desired nodes, their reports, the renderings, confirmations
     pod_refs: dict[str, frozenset[str]] = field(default_factory=dict)
     users: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     bindings: defaultdict[str, dict[str, BindingRecord]] = field(default_factory=lambda: defaultdict(dict))
@@ -164,29 +165,22 @@ class ClusterState:
         return profile.spec if profile else None
 
     def apply_node(self, event: str, obj: Object) -> set[str]:
-        """A Node event: the desired node set changes every profile's counts."""
-        name = obj["metadata"]["name"]
-        linux = (obj["metadata"].get("labels") or {}).get("kubernetes.io/os") != WINDOWS
-        before = name in self.nodes
-        if event == "DELETED" or not linux:
-            self.nodes.discard(name)
-            self.reports.pop(name, None)
-        else:
-            self.nodes.add(name)
-        return set(self.profiles) if before != (name in self.nodes) else set()
+        """A Node event. Desired are the Linux nodes without the readiness taint: a node its agent has not synced
+        yet runs no pod that needs a profile (the taint keeps them off), and counting it would flip every profile
+        to Installing and back whenever a node joins."""
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        linux = (meta.get("labels") or {}).get("kubernetes.io/os") != WINDOWS
+        tainted = any(t.get("key") == nodereport.NOT_READY_TAINT for t in spec.get("taints") or [])
+        return self.view.apply_node(meta["name"], event != "DELETED" and linux and not tainted)
 
     def apply_report(self, event: str, obj: Object) -> set[str]:
-        """A NodeProfileStatus event: dirties the profiles whose entries changed."""
-        node = obj["metadata"]["name"]
-        old = self.reports.get(node, {})
-        if event == "DELETED":
-            new: dict[str, Entry] = {}
-            self.reports.pop(node, None)
-        else:
-            raw = (obj.get("status") or {}).get("profiles") or {}
-            new = {key: Entry.from_status(value) for key, value in raw.items() if isinstance(value, dict)}
-            self.reports[node] = new
-        return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+        """A NodeProfileStatus event: dirties the profiles whose view on that node changed."""
+        report = None if event == "DELETED" else Report.from_object(obj)
+        return self.view.apply_report(obj["metadata"]["name"], report)
+
+    def set_rendering(self, key: str, content_hash: str | None) -> set[str]:
+        """What the operator validated for ``key`` (None: invalid or gone); returns the keys to reconcile."""
+        return self.view.set_rendering(key, content_hash)
 
     def apply_pod(self, event: str, obj: Object) -> set[str]:
         """A Pod event: only its profile references are kept."""
@@ -206,6 +200,8 @@ class ClusterState:
             self.users[key].add(pod)
         return set(old ^ new)
 
-    def node_entries(self, key: str) -> dict[str, Entry | None]:
-        """What each desired node reports for ``key``."""
-        return {node: self.reports.get(node, {}).get(key) for node in self.nodes}
+    def node_counts(self, key: str) -> NodeCounts:
+        """The desired nodes, and for a profile with a rendering those that have it and those where it failed."""
+        if key in self.view.renderings:
+            return self.view.counts(key)
+        return NodeCounts(len(self.view.nodes), 0, {})

@@ -27,6 +27,8 @@ SECCOMP_PROFILE = "SeccompProfile"
 APPARMOR_PROFILE = "AppArmorProfile"
 PROFILE_BINDING = "ProfileBinding"
 NODE_PROFILE_STATUS = "NodeProfileStatus"
+PROFILE_RECORDING = "ProfileRecording"
+RECORDING_REPORT = "RecordingReport"
 
 
 @cache
@@ -114,7 +116,8 @@ def _validator(kind: str) -> Any:
     return jsonschema.validators.extend(cls, type_checker=types)(schema, format_checker=formats)
 
 
-def cel_rules(kind: str) -> list[tuple[list[str | int], str, str]]:
+@cache
+def cel_rules(kind: str) -> tuple[tuple[list[str | int], str, str], ...]:
     """Every CEL rule of ``kind``'s schema: (schema path, rule, message). Raises if the model lacks one."""
     found: list[tuple[list[str | int], str, str]] = []
 
@@ -131,7 +134,7 @@ def cel_rules(kind: str) -> list[tuple[list[str | int], str, str]]:
             walk(node["additionalProperties"], [*path, "*"])
 
     walk(openapi_schema(kind), [])
-    return found
+    return tuple(found)
 
 
 def _cel_findings(kind: str, obj: Object) -> list[Finding]:

@@ -13,6 +13,7 @@ from secprofiles.agent.apparmor_loader import SECURITYFS, RecordingLoader, read_
 from secprofiles.model import nodereport
 from secprofiles.model.evaluate import evaluate
 from tests.conftest import needs_apparmor_parser
+from tests.reports import bucket_holds, expected_buckets, failure
 from tests.unit.agent.fakes import FakeApi
 
 NPS = "/apis/secprofiles.io/v1alpha1/nodeprofilestatuses/node-a"
@@ -59,6 +60,19 @@ def status(api: FakeApi) -> dict[str, Any]:
     return api.objects[NPS]["status"]
 
 
+async def processed(agent: Agent) -> dict[str, str]:
+    """What the node should have processed: every desired profile with a valid rendering (the model's, not the
+    agent's bookkeeping)."""
+    found = {}
+    for key in agent.desired:
+        obj = agent.desired.get(key)
+        assert obj is not None
+        rendered = (await evaluate(obj, agent.desired.lookup)).rendered
+        if rendered is not None:
+            found[key] = rendered.content_hash
+    return found
+
+
 async def test_full_sync_writes_every_profile_reports_once_then_removes_the_taint(tmp_path: Path) -> None:
     agent, api, root = make_agent(tmp_path)
     objs = [sp(f"p{i}") for i in range(50)]
@@ -67,17 +81,18 @@ async def test_full_sync_writes_every_profile_reports_once_then_removes_the_tain
     assert expected is not None
     assert (root / "apps/p0.json").read_bytes() == expected.content
     assert len(list((root / "apps").iterdir())) == 50
-    entries = status(api)["profiles"]
-    assert entries["seccomp/apps/p0"] == {"contentHash": expected.content_hash, "state": "Installed"}
+    hashes = {f"seccomp/apps/p{i}": (await evaluate(obj)).rendered.content_hash for i, obj in enumerate(objs)}  # type: ignore[union-attr]
+    assert status(api)["buckets"] == expected_buckets(hashes)
+    assert not status(api).get("failures")
     assert status(api)["summary"] == {"installed": 50, "failed": 0}
     assert status(api)["ready"] is True and status(api)["lastFullSync"]
     assert api.objects[NODE]["spec"]["taints"] == []
     assert agent.ready
-    # Creation, then: facts, the 50 entries in one patch, ready. Never one per profile.
+    # Creation, then: facts, the 50 profiles' digests in one patch, ready. Never one per profile.
     assert len(api.status_patches()) == 3
     writes = [w for w in api.writes if w[1] in (NODE, NPS + "/status")]
     taint_at = next(i for i, w in enumerate(writes) if w[1] == NODE)
-    entries_at = next(i for i, w in enumerate(writes) if "profiles" in w[2].get("status", {}))
+    entries_at = next(i for i, w in enumerate(writes) if "buckets" in w[2].get("status", {}))
     assert entries_at < taint_at  # files and their report come before the node is opened up
 
 
@@ -100,8 +115,10 @@ async def test_invalid_profiles_are_reported_and_never_written(tmp_path: Path) -
     agent, api, root = make_agent(tmp_path)
     bad = sp("bad", syscalls=[{"names": ["not_a_syscall"], "action": "SCMP_ACT_ERRNO"}])
     await start(agent, bad, sp("good"))
-    entry = status(api)["profiles"]["seccomp/apps/bad"]
-    assert entry["state"] == "Error" and "not_a_syscall" in entry["message"] and entry["contentHash"] == ""
+    entry = failure(status(api), "seccomp/apps/bad")
+    assert entry is not None and "not_a_syscall" in entry["message"] and entry["contentHash"] == ""
+    good = (await evaluate(sp("good"))).rendered
+    assert good is not None and status(api)["buckets"] == expected_buckets({"seccomp/apps/good": good.content_hash})
     assert not (root / "apps/bad.json").exists()
     assert agent.ready  # an invalid profile does not hold the node back
 
@@ -120,26 +137,29 @@ async def test_a_changed_base_rerenders_its_dependents_and_deletion_removes_file
     rendered = (await evaluate(sp("child", baseProfileName="base", syscalls=[]),
                                         lambda ns, n: new_base)).rendered
     assert rendered is not None and rendered.content == child
-    assert status(api)["profiles"]["seccomp/apps/child"]["contentHash"] == rendered.content_hash
+    assert bucket_holds(status(api), await processed(agent), "seccomp/apps/child")
+    assert (await processed(agent))["seccomp/apps/child"] == rendered.content_hash
 
     await feed(agent, "DELETED", sp("base"))
     await agent.drain()
     assert not (root / "apps/base.json").exists()
     # The dependent lost its base: Error, and the last good file stays for pods already using it.
-    entry = status(api)["profiles"]["seccomp/apps/child"]
-    assert entry["state"] == "Error" and "not found" in entry["message"]
+    entry = failure(status(api), "seccomp/apps/child")
+    assert entry is not None and entry["contentHash"] == "" and "not found" in entry["message"]
     assert (root / "apps/child.json").read_bytes() == child
-    assert "seccomp/apps/base" not in status(api)["profiles"]
+    assert status(api)["buckets"] == expected_buckets(await processed(agent))
+    assert set(await processed(agent)) == {"seccomp/apps/bundled-child"}
 
 
 async def test_without_apparmor_the_profile_is_an_error_and_seccomp_still_installs(tmp_path: Path) -> None:
     agent, api, root = make_agent(tmp_path, apparmor=False)
     await start(agent, aa("demo"), sp("p"))
-    entry = status(api)["profiles"]["apparmor/demo"]
-    assert entry["state"] == "Error" and entry["message"] == nodereport.APPARMOR_NOT_ENABLED
-    assert entry["contentHash"].startswith("sha256:")
-    assert status(api)["profiles"]["seccomp/apps/p"]["state"] == "Installed"
+    # Processed (in the digest) but failed; not listed: appArmorEnabled false says it for every AppArmor profile.
+    assert status(api)["buckets"] == expected_buckets(await processed(agent))
+    assert set(await processed(agent)) == {"apparmor/demo", "seccomp/apps/p"}
+    assert not status(api).get("failures")
     assert status(api)["appArmorEnabled"] is False
+    assert status(api)["summary"] == {"installed": 1, "failed": 1}
 
 
 @needs_apparmor_parser
@@ -150,9 +170,10 @@ async def test_simulated_apparmor_loads_unloads_and_never_replaces_a_foreign_pro
     foreign = aa("someone-else")
     await start(agent, aa("demo", mode="complain"), foreign)
     assert read_profiles_file(kernel) == {"demo": "complain", "someone-else": "enforce"}
-    assert status(api)["profiles"]["apparmor/demo"]["state"] == "Installed"
-    refused = status(api)["profiles"]["apparmor/someone-else"]
-    assert refused["state"] == "Error" and "not loaded by secprofiles" in refused["message"]
+    assert failure(status(api), "apparmor/demo") is None
+    assert status(api)["buckets"] == expected_buckets(await processed(agent))
+    refused = failure(status(api), "apparmor/someone-else")
+    assert refused is not None and "not loaded by secprofiles" in refused["message"]
     assert (tmp_path / "state/apparmor/demo.apparmor").exists()
 
     await feed(agent, "DELETED", aa("demo"))
@@ -172,5 +193,6 @@ async def test_a_restart_reloads_every_apparmor_profile_and_unloads_removed_ones
     api2.objects = api.objects
     await start(again, aa("demo"))
     assert read_profiles_file(kernel) == {"demo": "enforce"}
-    assert "apparmor/gone" not in status(api2)["profiles"]
+    assert set(await processed(again)) == {"apparmor/demo"}
+    assert status(api2)["buckets"] == expected_buckets(await processed(again))
     assert not (tmp_path / "state/apparmor/gone.apparmor").exists()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from secprofiles.controller import aggregate
+from secprofiles.controller.nodes import NodeCounts
 from secprofiles.controller.operator import seed
 from secprofiles.controller.state import ClusterState
 from secprofiles.model.findings import Finding
-from secprofiles.model.nodereport import Entry
+from tests.reports import expected_buckets
 
 
 def pod(name: str, spec: dict, annotations: dict | None = None, namespace: str = "apps") -> dict:
@@ -79,27 +80,35 @@ def test_pod_references_are_counted_and_released() -> None:
     assert state.pod_refs == {}
 
 
-def test_node_deletion_drops_its_reports_and_windows_nodes_are_not_desired() -> None:
+def report(node: str, processed: dict[str, str], **status: object) -> dict:
+    return {"metadata": {"name": node}, "status": {"buckets": expected_buckets(processed), **status}}
+
+
+def test_node_deletion_drops_it_and_windows_or_tainted_nodes_are_not_desired() -> None:
     state = ClusterState()
     state.apply_profile("ADDED", profile("p"))
+    state.set_rendering("seccomp/apps/p", "sha256:x")
     assert state.apply_node("ADDED", {"metadata": {"name": "n1"}}) == {"seccomp/apps/p"}
     state.apply_node("ADDED", {"metadata": {"name": "w", "labels": {"kubernetes.io/os": "windows"}}})
-    state.apply_report("ADDED", {"metadata": {"name": "n1"}, "status": {"profiles": {
-        "seccomp/apps/p": {"contentHash": "sha256:x", "state": "Installed"}}}})
-    assert state.node_entries("seccomp/apps/p") == {"n1": Entry("sha256:x", "Installed")}
+    state.apply_node("ADDED", {"metadata": {"name": "new"},
+                               "spec": {"taints": [{"key": "secprofiles.io/not-ready", "effect": "NoSchedule"}]}})
+    assert state.view.nodes == {"n1"}  # the new node joins once its agent removes the readiness taint
+    state.apply_report("ADDED", report("n1", {"seccomp/apps/p": "sha256:x"}))
+    assert state.node_counts("seccomp/apps/p") == NodeCounts(1, 1, {})
     state.apply_node("DELETED", {"metadata": {"name": "n1"}})
-    assert state.node_entries("seccomp/apps/p") == {}
+    assert state.node_counts("seccomp/apps/p") == NodeCounts(0, 0, {})
 
 
-def test_report_changes_dirty_only_changed_profiles() -> None:
+def test_report_changes_dirty_only_the_profiles_of_changed_buckets_that_now_match() -> None:
     state = ClusterState()
-    report = {"seccomp/apps/a": {"contentHash": "h", "state": "Installed"},
-              "seccomp/apps/b": {"contentHash": "h", "state": "Installed"}}
-    assert state.apply_report("ADDED", {"metadata": {"name": "n"}, "status": {"profiles": report}}) == {
-        "seccomp/apps/a", "seccomp/apps/b"}
-    report["seccomp/apps/b"] = {"contentHash": "h2", "state": "Installed"}
-    assert state.apply_report("MODIFIED", {"metadata": {"name": "n"}, "status": {"profiles": report}}) == {
-        "seccomp/apps/b"}
+    state.apply_node("ADDED", {"metadata": {"name": "n"}})
+    keys = [f"seccomp/apps/p{i}" for i in range(200)]
+    state.view.set_renderings({key: "h" for key in keys})
+    assert state.apply_report("ADDED", report("n", {key: "h" for key in keys})) == set(keys)
+    changed = {key: "h" for key in keys} | {keys[7]: "h2"}
+    state.set_rendering(keys[7], "h2")
+    dirty = state.apply_report("MODIFIED", report("n", changed))
+    assert dirty == {keys[7]}  # confirmed: the only key of its bucket that waited
 
 
 def state_of(**overrides: object) -> aggregate.ProfileState:
@@ -110,20 +119,17 @@ def state_of(**overrides: object) -> aggregate.ProfileState:
 
 
 def test_installed_only_when_every_node_has_the_current_hash() -> None:
-    reports = {"n1": Entry("sha256:new", "Installed"), "n2": Entry("sha256:old", "Installed")}
-    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    status = aggregate.status(state_of(), NodeCounts(2, 1, {}))
     assert status["phase"] == "Installing"
     assert status["nodes"] == {"desired": 2, "installed": 1, "failed": 0}
-    reports["n2"] = Entry("sha256:new", "Installed")
-    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    status = aggregate.status(state_of(), NodeCounts(2, 2, {}))
     assert status["phase"] == "Installed"
     assert status["conditions"][0]["status"] == "True"
     assert status["observedGeneration"] == 3
 
 
 def test_a_failing_node_makes_the_profile_error_naming_it() -> None:
-    reports = {"n1": Entry("sha256:new", "Installed"), "n2": Entry("sha256:new", "Error", "AppArmor not enabled on node")}
-    status = aggregate.status(state_of(), ["n1", "n2"], reports)
+    status = aggregate.status(state_of(), NodeCounts(2, 1, {"n2": "AppArmor not enabled on node"}))
     assert status["phase"] == "Error"
     assert status["failedNodes"] == [{"node": "n2", "message": "AppArmor not enabled on node"}]
     assert "n2: AppArmor not enabled on node" in status["conditions"][0]["message"]
@@ -131,7 +137,7 @@ def test_a_failing_node_makes_the_profile_error_naming_it() -> None:
 
 def test_invalid_profile_is_error_and_has_no_hash() -> None:
     status = aggregate.status(state_of(findings=(Finding("spec.syscalls[0].names[0]", "unknown syscall 'x'"),),
-                                       content_hash=None), ["n1"], {})
+                                       content_hash=None), NodeCounts(1, 0, {}))
     assert status["phase"] == "Error"
     assert status["contentHash"] is None
     assert "spec.syscalls[0].names[0]: unknown syscall 'x'" in status["conditions"][0]["message"]
@@ -139,7 +145,7 @@ def test_invalid_profile_is_error_and_has_no_hash() -> None:
 
 def test_terminating_lists_a_bounded_number_of_users() -> None:
     users = tuple(f"apps/pod-{i:03d}" for i in range(50))
-    status = aggregate.status(state_of(deleting=True, users=users), ["n1"], {})
+    status = aggregate.status(state_of(deleting=True, users=users), NodeCounts(1, 1, {}))
     assert status["phase"] == "Terminating"
     assert status["inUseBy"]["count"] == 50
     assert len(status["inUseBy"]["pods"]) == 20
@@ -166,23 +172,21 @@ class ListingApi:
             raise self.error
         if path == "/api/v1/nodes":
             return {"items": [{"metadata": {"name": "node-1"}}, {"metadata": {"name": "node-2"}}]}
-        return {"items": [{"metadata": {"name": "node-1"},
-                           "status": {"profiles": {"seccomp/apps/p": {"contentHash": "sha256:1", "state": "Installed"}}}}]}
+        return {"items": [report("node-1", {"seccomp/apps/p": "sha256:1"})]}
 
 
 async def test_start_up_seeds_nodes_and_reports_before_any_profile() -> None:
     state = ClusterState()
     await seed(state, ListingApi(), admission=False)  # type: ignore[arg-type]
-    assert state.nodes == {"node-1", "node-2"}
-    entry = state.node_entries("seccomp/apps/p")["node-1"]
-    assert entry is not None
-    assert entry.state == "Installed"
+    assert state.view.nodes == {"node-1", "node-2"}
+    state.set_rendering("seccomp/apps/p", "sha256:1")  # the reconciler's first evaluations
+    assert state.node_counts("seccomp/apps/p") == NodeCounts(2, 1, {})
 
 
 async def test_start_up_without_the_api_starts_empty_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     state = ClusterState()
     await seed(state, ListingApi(OSError("connection refused")), admission=False)  # type: ignore[arg-type]
-    assert state.nodes == set()
+    assert state.view.nodes == set()
     assert "starting without the initial node listing (connection refused)" in caplog.text
 
 
@@ -193,10 +197,9 @@ async def test_start_up_with_the_webhook_needs_its_listing() -> None:
 
 
 def test_events_for_phase_changes_new_failing_nodes_and_new_findings() -> None:
-    ok, broken = Entry("sha256:new", "Installed"), Entry("sha256:new", "Error", "disk full")
-    installing = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok})
-    one_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken})
-    two_failed = aggregate.status(state_of(), ["n1", "n2", "n3"], {"n1": ok, "n2": broken, "n3": broken})
+    installing = aggregate.status(state_of(), NodeCounts(3, 1, {}))
+    one_failed = aggregate.status(state_of(), NodeCounts(3, 1, {"n2": "disk full"}))
+    two_failed = aggregate.status(state_of(), NodeCounts(3, 1, {"n2": "disk full", "n3": "disk full"}))
     assert aggregate.event_for({}, installing) == aggregate.EventNote("Normal", "Installing", "installed on 1 of 3 node(s)")
     note = aggregate.event_for(installing, one_failed)
     assert note is not None and (note.type, note.reason) == ("Warning", "NodeFailed") and "n2: disk full" in note.message
@@ -206,9 +209,9 @@ def test_events_for_phase_changes_new_failing_nodes_and_new_findings() -> None:
     assert aggregate.event_for(two_failed, two_failed) is None
     assert aggregate.event_for(two_failed, one_failed) is None  # a recovery within Error is no news
     invalid = aggregate.status(state_of(findings=(Finding("spec.defaultAction", "required"),), content_hash=None),
-                               ["n1"], {})
+                               NodeCounts(1, 0, {}))
     edited = aggregate.status(state_of(findings=(Finding("spec.syscalls[0].names[0]", "unknown syscall 'x'"),),
-                                       content_hash=None), ["n1"], {})
+                                       content_hash=None), NodeCounts(1, 0, {}))
     assert aggregate.event_for(invalid, invalid) is None
     note = aggregate.event_for(invalid, edited)
     assert note is not None and note.reason == "Invalid" and "unknown syscall 'x'" in note.message

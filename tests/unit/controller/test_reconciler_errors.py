@@ -39,7 +39,7 @@ async def test_an_unexpected_error_is_retried_and_does_not_stop_the_worker(monke
     api = FlakyApi()
     metrics = OperatorMetrics()
     worker = reconciler.Reconciler(state, cast(KubeApi, api), metrics)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(worker._work())
     worker.mark({"seccomp/ns/p"})
     try:
         for _ in range(200):

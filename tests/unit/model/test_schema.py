@@ -28,9 +28,9 @@ def test_every_crd_is_complete(kind: str) -> None:
     assert undocumented(spec, "spec") == []
 
 
-def test_all_five_kinds_are_defined() -> None:
+def test_all_seven_kinds_are_defined() -> None:
     assert set(schema.crds()) == {"SeccompProfile", "AppArmorProfile", "ProfileBinding", "NodeProfileStatus",
-                                  "Guardrail"}
+                                  "Guardrail", "ProfileRecording", "RecordingReport"}
     assert schema.is_namespaced("SeccompProfile") and not schema.is_namespaced("AppArmorProfile")
     assert not schema.is_namespaced("Guardrail")
 

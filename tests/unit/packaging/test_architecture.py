@@ -21,6 +21,13 @@ BROKEN = {
                                    "secprofiles.kube is not allowed to import secprofiles.model"),
     "shipped code imports dev tooling": ("src/secprofiles/cli/yamlout.py", "import devtools.ports",
                                          "secprofiles is not allowed to import devtools"),
+    "the recorder core imports the node side": ("src/secprofiles/recording/synthesis.py",
+                                                "import secprofiles.agent.recorder",
+                                                "secprofiles.recording is not allowed to import secprofiles.agent"),
+    "the recorder core imports the API path table": ("src/secprofiles/recording/report.py",
+                                                     "import secprofiles.resources",
+                                                     "secprofiles.recording is not allowed to import "
+                                                     "secprofiles.resources"),
 }
 
 

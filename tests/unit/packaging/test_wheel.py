@@ -14,8 +14,8 @@ from packaging.requirements import Requirement
 
 from tests.conftest import REPO
 
-SHIPPED_PACKAGES = {"secprofiles", "secprofiles/model", "secprofiles/kube", "secprofiles/controller",
-                    "secprofiles/controller/admission", "secprofiles/agent", "secprofiles/cli"}
+SHIPPED_PACKAGES = {"secprofiles", "secprofiles/model", "secprofiles/kube", "secprofiles/recording",
+                    "secprofiles/controller", "secprofiles/controller/admission", "secprofiles/agent", "secprofiles/cli"}
 
 
 def test_the_wheel_holds_the_product_and_nothing_else(tmp_path: Path) -> None:
@@ -30,6 +30,7 @@ def test_the_wheel_holds_the_product_and_nothing_else(tmp_path: Path) -> None:
     # The data the model reads at run time: every CRD and the bundled profiles.
     assert {Path(n).name for n in names if "/data/crds/" in n} == {p.name for p in (REPO / "crds").glob("*.yaml")}
     assert any("/data/profiles/seccomp/runtime-default.yaml" in n for n in names)
+    assert "secprofiles/recording/data/runtime-syscalls.yaml" in names  # the measured runtime syscalls
 
 
 def _requirements(distribution: str, seen: set[str]) -> set[str]:

@@ -41,11 +41,12 @@ class ProfileInfo:
     phase: str | None
     content_hash: str | None
     deleting: bool = False
+    current: bool = True  # the status reflects the newest generation (the operator may hold Installing back)
 
     @property
     def ready(self) -> bool:
-        """Installed on every node, with a known content hash, and not being deleted."""
-        return self.phase == INSTALLED and bool(self.content_hash) and not self.deleting
+        """Installed on every node, with a known content hash, in its newest generation, and not being deleted."""
+        return self.phase == INSTALLED and bool(self.content_hash) and not self.deleting and self.current
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def profile_problem(kind: str, namespace: str, name: str, profiles: Mapping[str,
         return f"{what} not found"
     if info.deleting:
         return f"{what} is being deleted"
+    if info.phase == INSTALLED and info.content_hash and not info.current:
+        return f"{what} is being updated: its newest version is not Installed on every node yet"
     if not info.ready:
         return f"{what} is {info.phase or 'not yet evaluated'}, not Installed on every node"
     return None

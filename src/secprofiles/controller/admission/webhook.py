@@ -9,6 +9,7 @@ it injects its CA into the shipped ``MutatingWebhookConfiguration``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from secprofiles.controller.admission.certificates import (
     SelfManaged,
     inject_ca_bundle,
 )
+from secprofiles.controller.admission.recording import PodRecorder
 from secprofiles.controller.metrics import OperatorMetrics
 from secprofiles.controller.state import ClusterState
 from secprofiles.kube import clock
@@ -168,8 +170,10 @@ class Admission:
     webhook server up; the operator's one registration routes binding and profile events and admissions here.
     """
 
-    def __init__(self, options: WebhookOptions, state: ClusterState, metrics: OperatorMetrics) -> None:
+    def __init__(self, options: WebhookOptions, state: ClusterState, metrics: OperatorMetrics,
+                 recorder: PodRecorder | None = None) -> None:
         self.options, self.state, self.metrics = options, state, metrics
+        self.recorder = recorder  # ProfileRecordings (--recording): decided before the bindings
         self.apparmor_field = True
         self._writer: BindingStatusWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,8 +222,18 @@ class Admission:
         """Decide one pod CREATE: patch it, warn, or refuse it (``kopf.AdmissionError``)."""
         started = time.perf_counter()
         namespace = str((pod.get("metadata") or {}).get("namespace") or "")
-        decision = binding.decide(pod, self.state.bindings_in(namespace), self.state.profile_infos(),
-                                  self.apparmor_field)
+        bindings = self.state.bindings_in(namespace)
+        if self.recorder is not None:
+            recorded = self.recorder.admit(pod)
+            warnings.extend(recorded.warnings)
+            if recorded.rejection:
+                raise kopf.AdmissionError(recorded.rejection, code=403)
+            if recorded.pod is not None:
+                patch.fns.append(partial(_apply, recorded.patch))
+                pod = recorded.pod
+            if recorded.recording is not None:  # no binding may take a recorded container off its logging profile
+                bindings = [dataclasses.replace(b, override_existing=False) for b in bindings]
+        decision = binding.decide(pod, bindings, self.state.profile_infos(), self.apparmor_field)
         warnings.extend(decision.warnings)
         self.metrics.webhook_seconds.observe(time.perf_counter() - started)
         if decision.rejection:
