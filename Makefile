@@ -1,7 +1,7 @@
 # The README's commands. `make test` is what CI runs (.ci/run).
 PYTHON ?= python3
 
-.PHONY: install test test-slow lint sandbox bench bench-quick
+.PHONY: install test test-slow lint sandbox bench bench-quick images real-cluster
 
 install:
 	./scripts/install.sh
@@ -27,6 +27,17 @@ test-slow: install
 # Ctrl-C stops and cleans up. ARGS="--once" or ARGS="--duration 60" for a short run.
 sandbox: install
 	$(PYTHON) -m devtools.sandbox $(ARGS)
+
+# The images, built here with podman from the Containerfile (base from Debian packages when the public one cannot be
+# pulled), plus the real node's pause and busybox images; prints their sizes.
+images: install
+	$(PYTHON) -m devtools.images $(ARGS)
+
+# A real one-node cluster (kubelet + containerd) with secprofiles installed by `kubectl apply -k`, in the
+# foreground: writes $(DIR)/kubeconfig, then $(DIR)/ready once every product pod is Ready; Ctrl-C stops and cleans.
+DIR ?= $(or $(TMPDIR),/tmp)/secprofiles-real-cluster
+real-cluster: install
+	$(PYTHON) -m devtools.realcluster --dir $(DIR)
 
 # The benchmark suite of issue 8 against the real local control plane: prints the table, writes bench/results.json.
 # Takes ~25 minutes on 2 cores; run it on a quiet machine (results.json records the load average).

@@ -1,10 +1,12 @@
 """A real, local Kubernetes control plane for integration tests, benchmarks and the sandbox.
 
-etcd (embedded), kube-apiserver and kube-controller-manager of a pinned Kubernetes release, from the multi-call
-binary ``devtools.build`` makes, run as supervised processes (``devtools.processes``) on free loopback ports with
-TLS, RBAC, service-account tokens and the default admission plugins (including the admission webhooks and
-ValidatingAdmissionPolicy). ``DevCluster`` waits for ``/readyz``, writes an admin kubeconfig, offers an admin
-client (``admin``, a ``SyncApi``) and stops exactly the processes it started.
+etcd (embedded), kube-apiserver, kube-controller-manager and, for a real node, kube-scheduler of a pinned Kubernetes
+release, from the multi-call binary ``devtools.build`` makes, run as supervised processes (``devtools.processes``)
+on free ports with TLS, RBAC, service-account tokens and the default admission plugins (including the admission
+webhooks and ValidatingAdmissionPolicy). The API server listens on loopback, or on an address of the machine that
+pods can reach (``address``; ``devtools.realcluster``), then with its endpoint reconciler on. ``DevCluster`` waits
+for ``/readyz``, writes an admin kubeconfig, offers an admin client (``admin``, a ``SyncApi``) and stops exactly
+the processes it started.
 
 Command line::
 
@@ -43,7 +45,8 @@ SERVICE_ACCOUNT_ISSUER: Final = "https://kubernetes.default.svc"
 #: Controllers run by kube-controller-manager. The node lifecycle controller is off so that simulated Node objects
 #: (which have no kubelet heart-beating) stay Ready.
 DEFAULT_CONTROLLERS: Final = "*,-node-lifecycle-controller"
-COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+LOOPBACK: Final = "127.0.0.1"
 
 
 class DevClusterError(RuntimeError):
@@ -75,14 +78,17 @@ class DevCluster:
     def __init__(self, run_dir: Path | str | None = None, *, binary: Path | str | None = None,
                  start_timeout: float = 180.0, stop_grace: float = 15.0, controllers: str = DEFAULT_CONTROLLERS,
                  verbosity: int = 1, apiserver_args: Sequence[str] = (), controller_manager_args: Sequence[str] = (),
-                 wait_for_controller_manager: bool = True, quiet: bool = False) -> None:
+                 wait_for_controller_manager: bool = True, quiet: bool = False, address: str = LOOPBACK,
+                 scheduler: bool = False, apiserver_port: int = 0) -> None:
         """Configure (but do not start) a dev cluster.
 
         ``run_dir`` holds certificates, etcd data, logs and the kubeconfig; a temporary directory is made (and
         removed again by :meth:`stop` unless the start failed) when it is ``None``. ``binary`` defaults to
         ``devtools.build.ensure_binary()``. ``apiserver_args`` / ``controller_manager_args`` are appended to (and so
-        override) the generated flags. The processes die with the thread that starts them (start from the main
-        thread), so a crashed run leaves no servers behind.
+        override) the generated flags. ``address``: where the API server listens and what it advertises (not
+        loopback: pods reach it through the ``kubernetes`` Service). ``scheduler``: run kube-scheduler too (nodes
+        with a kubelet). ``apiserver_port``: a fixed port (default: a free one). The processes die with the thread
+        that starts them (start from the main thread), so a crashed run leaves no servers behind.
         """
         self._own_dir = run_dir is None
         self.run_dir = (Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="devcluster-"))
@@ -92,6 +98,8 @@ class DevCluster:
         self.controllers, self.verbosity = controllers, verbosity
         self.apiserver_args, self.controller_manager_args = list(apiserver_args), list(controller_manager_args)
         self.wait_for_controller_manager, self.quiet = wait_for_controller_manager, quiet
+        self.address, self.with_scheduler = address, scheduler
+        self.scheduler_port, self._requested_port = 0, apiserver_port
         self._processes: dict[str, Process] = {}
         self._admin: SyncApi | None = None
         self._failed = False
@@ -134,7 +142,7 @@ class DevCluster:
         return bool(self._processes) and all(p.running for p in self._processes.values())
 
     def log_file(self, name: str) -> Path:
-        """The log of ``etcd``, ``kube-apiserver`` or ``kube-controller-manager``."""
+        """The log of a component (``etcd``, ``kube-apiserver``, ``kube-controller-manager``, ``kube-scheduler``)."""
         return self.logs_dir / f"{name}.log"
 
     def log_tails(self, lines: int = 40) -> str:
@@ -242,11 +250,12 @@ class DevCluster:
 
     def _start_once(self, binary: Path, t0: float) -> None:
         self.pki_dir.mkdir(parents=True, exist_ok=True)
-        self.pki = ClusterPki.create(self.pki_dir)
-        etcd_client, etcd_peer, api_port, kcm_port = free_ports(4)
+        self.pki = ClusterPki.create(self.pki_dir, [] if self.address == LOOPBACK else [self.address])
+        etcd_client, etcd_peer, api_port, kcm_port, scheduler_port = free_ports(5)
         self.etcd_url = f"http://127.0.0.1:{etcd_client}"
-        self.apiserver_port, self.controller_manager_port = api_port, kcm_port
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.apiserver_port, self.controller_manager_port = self._requested_port or api_port, kcm_port
+        self.scheduler_port = scheduler_port
+        self.server = f"https://{self.address}:{self.apiserver_port}"
         deadline = time.monotonic() + self.start_timeout
 
         self._spawn("etcd", [str(binary), "etcd", *self._etcd_args(etcd_client, etcd_peer)])
@@ -264,8 +273,15 @@ class DevCluster:
         self.write_kubeconfig(self.run_dir / "controller-manager.kubeconfig", "system:kube-controller-manager",
                               {"client-certificate": str(kcm_cert), "client-key": str(kcm_key)})
         self._spawn("kube-controller-manager", [str(binary), "kube-controller-manager", *self._kcm_args()])
+        if self.with_scheduler:
+            sched_cert, sched_key = self.pki.file("scheduler.crt"), self.pki.file("scheduler.key")
+            self.write_kubeconfig(self.run_dir / "scheduler.kubeconfig", "system:kube-scheduler",
+                                  {"client-certificate": str(sched_cert), "client-key": str(sched_key)})
+            self._spawn("kube-scheduler", [str(binary), "kube-scheduler", *self._scheduler_args()])
         if self.wait_for_controller_manager:
             self._wait_until("kube-controller-manager", deadline, self._kcm_healthy)
+        if self.with_scheduler:
+            self._wait_until("kube-scheduler", deadline, self._scheduler_healthy)
         self.version = str(self.admin.request("GET", "/version")["gitVersion"])
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -296,10 +312,10 @@ class DevCluster:
         return [
             f"--etcd-servers={self.etcd_url}",
             f"--secure-port={self.apiserver_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            # The 'kubernetes' Endpoints may not hold a loopback address; nothing needs them here.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            # The 'kubernetes' Endpoints may not hold a loopback address; on loopback nothing needs them.
+            f"--endpoint-reconciler-type={'none' if self.address == LOOPBACK else 'lease'}",
             f"--cert-dir={self.run_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -311,6 +327,11 @@ class DevCluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            # To kubelets (logs, exec): its own client certificate, the kubelets' serving certificates from the CA.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
@@ -349,11 +370,24 @@ class DevCluster:
             *self.controller_manager_args,
         ]
 
+    def _scheduler_args(self) -> list[str]:
+        kubeconfig = self.run_dir / "scheduler.kubeconfig"
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.scheduler_port}",
+            "--profiling=false",
+            f"--v={self.verbosity}",
+        ]
+
     # ---------------------------------------------------------------- readiness
 
     def _probes(self) -> dict[str, Probe]:
         return {"etcd": self._etcd_healthy, "kube-apiserver": self._apiserver_ready,
-                "kube-controller-manager": self._kcm_healthy}
+                "kube-controller-manager": self._kcm_healthy, "kube-scheduler": self._scheduler_healthy}
 
     def _wait_until(self, name: str, deadline: float, probe: Probe, watched: Sequence[str] | None = None) -> None:
         delay, last = 0.05, ""
@@ -379,11 +413,17 @@ class DevCluster:
         return text.strip() == "ok", text[-300:]
 
     def _kcm_healthy(self) -> tuple[bool, str]:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the self-signed serving certificate the controller-manager made
-        return _http_get(f"https://127.0.0.1:{self.controller_manager_port}/healthz", lambda body: body == "ok",
-                         context)
+        return _self_signed_healthz(self.controller_manager_port)
+
+    def _scheduler_healthy(self) -> tuple[bool, str]:
+        return _self_signed_healthz(self.scheduler_port)
+
+
+def _self_signed_healthz(port: int) -> tuple[bool, str]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the self-signed serving certificate the component made
+    return _http_get(f"https://127.0.0.1:{port}/healthz", lambda body: body == "ok", context)
 
 
 def _http_get(url: str, healthy: Callable[[str], bool], context: ssl.SSLContext | None = None) -> tuple[bool, str]:

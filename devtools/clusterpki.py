@@ -1,8 +1,9 @@
 """The dev cluster's certificates and kubeconfigs, as kubeadm lays them out.
 
 One cluster CA issues the API server's serving certificate and every client certificate (admin,
-kube-controller-manager); a separate front-proxy CA serves the aggregation layer's request-header authentication;
-an ECDSA key signs service-account tokens. Everything is written under one directory, private keys mode 0600.
+kube-controller-manager, kube-scheduler, the API server's towards kubelets; a real node adds its own); a separate
+front-proxy CA serves the aggregation layer's request-header authentication; an ECDSA key signs service-account
+tokens. Everything is written under one directory, private keys mode 0600.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class ClusterPki:
         write_file(directory / "front-proxy-ca.crt", front_proxy_ca.cert_pem)
         write_pair(front_proxy_ca, directory, "front-proxy-client", "front-proxy-client", client=True)
         pki.client("controller-manager", "system:kube-controller-manager")
+        pki.client("scheduler", "system:kube-scheduler")
+        # The API server's identity towards kubelets (logs, exec), as kubeadm makes it.
+        pki.client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"])
         sa_key = ec.generate_private_key(ec.SECP256R1())
         write_file(directory / "sa.key", key_pem(sa_key), 0o600)
         write_file(directory / "sa.pub", sa_key.public_key().public_bytes(

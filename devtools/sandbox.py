@@ -19,6 +19,14 @@ sets no seccomp profile of its own, and shows what the webhook gave it (``securi
 ``secprofiles.io/profiles`` annotation with the profile's content hash) under a live table of profiles x nodes
 (state, and where each file landed) until Ctrl-C. Everything is stopped and removed on exit.
 
+**On a real node** (this machine has root, containerd and the CNI plugins, and no other real node runs): instead
+of the simulated nodes, ``devtools.realcluster`` starts a kubelet + containerd node and installs secprofiles with
+``kubectl apply --server-side -k`` (operator and agent as pods); the same profiles and binding are applied, and the
+demo pod is the source document's (``chmod 777 /etc/hostname``, setting no profile): the webhook binds it, the
+kubelet runs it with the agent's file, it ends ``Error`` and its log says chmod's EPERM, shown next to the table.
+Where the machine cannot run a real node the sandbox says why and uses the simulated nodes; ``--simulated``
+chooses them.
+
 ``--once``: wait until every bundled profile has settled (seccomp Installed on both nodes; AppArmor Installed on
 the AppArmor node, Error on the other) and the ProfileBinding has counted the pod in its status, print the table
 once, clean up, exit 0 (1 on timeout).
@@ -42,12 +50,14 @@ from typing import Any, Final, TextIO
 
 import yaml
 
-from devtools import install, objects
+from devtools import images, install, objects
 from devtools.build import BuildError, ensure_binary
 from devtools.cluster import DevCluster, DevClusterError, sigterm_as_keyboard_interrupt
 from devtools.commands import REPO, SECURITYFS, WebhookServing, agent_process, operator_process
 from devtools.ports import free_port
 from devtools.processes import Process, ProcessExitedError
+from devtools.realcluster import NODE_NAME, RealCluster
+from devtools.realnode import RealNodeUnavailableError, prerequisites
 from secprofiles.controller.admission import binding
 from secprofiles.controller.nodes import NodeView
 from secprofiles.kube.client import Credentials, KubeApi
@@ -86,11 +96,12 @@ class Node:
     name: str
     host_root: Path
     apparmor: bool
+    kubelet_root: Path = Path("/var/lib/kubelet")  # inside the host root
 
     @property
     def seccomp_dir(self) -> Path:
-        """Where the agent writes seccomp files (kubelet root /var/lib/kubelet)."""
-        return self.host_root / "var/lib/kubelet/seccomp" / keys.NODE_SUBDIR
+        """Where the agent writes seccomp files."""
+        return self.host_root / self.kubelet_root.relative_to("/") / "seccomp" / keys.NODE_SUBDIR
 
     @property
     def apparmor_list(self) -> Path:
@@ -104,6 +115,7 @@ class Sandbox:
 
     base: Path
     cluster: DevCluster
+    real: RealCluster | None = None  # the real node, when the sandbox runs on one
     nodes: list[Node] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     profiles: list[Object] = field(default_factory=list)
@@ -113,6 +125,8 @@ class Sandbox:
         """Raise if any process has exited."""
         for process in self.processes:
             process.check()
+        if self.real is not None:
+            self.real.check_alive()
 
 
 # --------------------------------------------------------------------------- setup
@@ -176,7 +190,18 @@ def is_bound(pod: Mapping[str, Any]) -> bool:
     return binding.PROFILES_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
 
 
-async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float) -> Object:
+def document_pod() -> Object:
+    """The source document's pod, labelled ``app: demo`` and setting no seccomp profile: ``chmod 777 /etc/hostname``
+    in busybox, once (the real node runs it)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "demo", "namespace": DEMO_NAMESPACE, "labels": {"app": "demo"}},
+            "spec": {"automountServiceAccountToken": False, "restartPolicy": "Never",
+                     "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "demo", "image": images.BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["chmod", "777", "/etc/hostname"]}]}}
+
+
+async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float, pod: Object | None = None) -> Object:
     """Create the demo pod once the webhook binds it; return it as stored.
 
     Until the bound profile is Installed on every node, the webhook admits the pod unbound with a warning;
@@ -184,6 +209,7 @@ async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float) -> Obj
     profile's status), failurePolicy Ignore admits it unbound silently. So: wait for Installed, then dry runs
     (the webhook is called, nothing is stored or counted) until one comes back bound, then the real create.
     """
+    pod = pod or demo_pod()
     deadline = time.monotonic() + within
     profile = next(p for p in sandbox.profiles if p["kind"] == "SeccompProfile"
                    and p["metadata"]["name"] == BOUND_PROFILE)
@@ -193,7 +219,7 @@ async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float) -> Obj
         sandbox.check_processes()
         status = (await api.get(object_path(profile)) or {}).get("status") or {}
         if status.get("phase") == "Installed":
-            probe = (await install.apply(api, [demo_pod()], field_manager=FIELD_MANAGER, dry_run=True))[0]
+            probe = (await install.apply(api, [pod], field_manager=FIELD_MANAGER, dry_run=True))[0]
             if is_bound(probe):
                 break
         if time.monotonic() > deadline:
@@ -201,7 +227,7 @@ async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float) -> Obj
                                f"(SeccompProfile {DEMO_NAMESPACE}/{BOUND_PROFILE} is {status.get('phase') or '-'}; "
                                f"see {sandbox.base / 'logs'})")
         await asyncio.sleep(0.2)
-    pod = (await install.apply(api, [demo_pod()], field_manager=FIELD_MANAGER))[0]
+    pod = (await install.apply(api, [pod], field_manager=FIELD_MANAGER))[0]
     if not is_bound(pod):  # e.g. the operator stopped serving right after the probe
         raise RuntimeError(f"pod {DEMO_NAMESPACE}/demo was admitted without its binding")
     return pod
@@ -249,9 +275,39 @@ async def start(sandbox: Sandbox, api: KubeApi) -> None:
         f"seccompProfile {json.dumps(context.get('seccompProfile'))}")
 
 
+async def start_real(sandbox: Sandbox, api: KubeApi) -> None:
+    """On the real node (secprofiles installed by ``kubectl apply -k``): the profiles, the binding, the document's
+    pod bound by the webhook."""
+    await objects.ensure_namespace(api, DEMO_NAMESPACE, BINDING_LABEL)
+    sandbox.profiles = bundled_profiles()
+    await install.apply(api, sandbox.profiles, field_manager=FIELD_MANAGER)
+    say(f"applied {len(sandbox.profiles)} bundled profiles from profiles/")
+    await install.apply(api, [demo_binding()], field_manager=FIELD_MANAGER)
+    say(f"applied ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING} (SeccompProfile {BOUND_PROFILE} for pods "
+        "labelled app=demo)")
+    sandbox.demo_pod = await create_bound_pod(sandbox, api, BIND_TIMEOUT, document_pod())
+    say(f"created the document's pod {DEMO_NAMESPACE}/demo (chmod 777 /etc/hostname) without a seccomp profile; "
+        "the webhook bound it")
+
+
+def pod_outcome(real: RealCluster) -> tuple[str, bool]:
+    """``kubectl get pods`` and ``kubectl logs`` of the document's pod, and whether it has finished."""
+    listing = real.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "demo", check=False).stdout.rstrip()
+    logs = real.kubectl("logs", "-n", DEMO_NAMESPACE, "demo", check=False)
+    pod = real.cluster.admin.get(resource_path("Pod", namespace=DEMO_NAMESPACE, name="demo")) or {}
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and bool(logs.stdout.strip())
+    text = (f"$ kubectl get pods -n {DEMO_NAMESPACE} demo\n{listing}\n$ kubectl logs -n {DEMO_NAMESPACE} demo\n"
+            f"{(logs.stdout or logs.stderr).rstrip()}")
+    return text, finished
+
+
 def stop(sandbox: Sandbox | None, base: Path, keep: bool) -> None:
-    """Stop the processes and the control plane; remove the directory unless ``keep``."""
-    if sandbox is not None:
+    """Stop the processes and the control plane (or the real node); remove the directory unless ``keep``."""
+    if sandbox is not None and sandbox.real is not None:
+        leftovers = sandbox.real.stop()
+        if leftovers:
+            say("the machine differs from before the real node started: " + "; ".join(str(d) for d in leftovers))
+    elif sandbox is not None:
         for process in reversed(sandbox.processes):
             process.stop()
         with suppress(DevClusterError):
@@ -319,6 +375,9 @@ def format_table(sandbox: Sandbox, rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
+    if sandbox.real is not None:
+        root = sandbox.real.files.kubelet_root
+        return f"{text}\n(file paths on this machine: node {NODE_NAME}'s kubelet root is {root})"
     roots = ", ".join(f"{n.name}: {n.host_root}" for n in sandbox.nodes)
     return f"{text}\n(file paths are inside each node's host root - {roots}; AppArmor: the simulated kernel's list)"
 
@@ -366,8 +425,12 @@ async def show(sandbox: Sandbox, api: KubeApi, args: argparse.Namespace, out: Te
         rows = await table(sandbox, api)
         count = await bound_pods(api)
         text = f"{format_table(sandbox, rows)}\n\n{format_binding(sandbox, count)}"
+        finished = True
+        if sandbox.real is not None:
+            outcome, finished = await asyncio.to_thread(pod_outcome, sandbox.real)
+            text += "\n\n" + outcome
         if args.once:
-            if settled(sandbox, rows) and count:
+            if settled(sandbox, rows) and count and finished:
                 print(text, file=out, flush=True)
                 say("all bundled profiles settled; the ProfileBinding counted its pod")
                 return 0
@@ -386,8 +449,54 @@ async def show(sandbox: Sandbox, api: KubeApi, args: argparse.Namespace, out: Te
         await asyncio.sleep(1)
 
 
+def real_node_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the sandbox does not run on a real node (None: it does)."""
+    if args.simulated:
+        return "--simulated"
+    missing = prerequisites()
+    return "this machine lacks " + "; ".join(missing) if missing else None
+
+
+async def run_real(base: Path, args: argparse.Namespace, out: TextIO) -> int:
+    """The sandbox on a real node under ``base``; 3 when another real node holds the machine (the caller falls back
+    to the simulated nodes)."""
+    real = RealCluster(base / "real", binary=ensure_binary())
+    sandbox: Sandbox | None = Sandbox(base, DevCluster(base / "real"), real=real)
+    try:
+        say("images (built once, then cached by podman)")
+        await asyncio.to_thread(images.build_all)
+        say("starting the real node: control plane, containerd, kubelet, kube-proxy")
+        try:
+            real.start()  # on the main thread: its processes die with the thread that starts them
+        except RealNodeUnavailableError as error:
+            say(f"cannot run on a real node: {error}")
+            sandbox = None  # nothing to stop
+            return 3
+        assert sandbox is not None
+        sandbox.cluster = real.cluster
+        say(f"installing secprofiles: kubectl apply --server-side -k {real.directory / 'overlay'}")
+        real.install()
+        sandbox.nodes = [Node(NODE_NAME, Path("/"), False, real.files.kubelet_root)]
+        async with KubeApi(Credentials.from_kubeconfig(real.kubeconfig), user_agent="secprofiles-sandbox") as api:
+            await start_real(sandbox, api)
+            return await show(sandbox, api, args, out)
+    except (DevClusterError, BuildError, ProcessExitedError, RuntimeError, TimeoutError, OSError, ValueError) as error:
+        say(f"error: {error}")
+        return 1
+    finally:
+        if sandbox is not None:
+            stop(sandbox, base, args.keep)
+
+
 async def run_in(base: Path, args: argparse.Namespace, out: TextIO) -> int:
     """Start everything under ``base``, show the table, clean up (also when cancelled); the exit code."""
+    why = real_node_unavailable(args)
+    if why is None:
+        code = await run_real(base, args, out)
+        if code != 3:
+            return code
+        why = "another real node runs on this machine"
+    say(f"simulated nodes ({why}; a real node needs root, containerd, runc, the CNI plugins, iptables, nfacct)")
     sandbox: Sandbox | None = None
     try:
         say("control-plane binary (built once, then cached; the first build takes several minutes)")
@@ -416,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="--once: give up after this many seconds")
     parser.add_argument("--dir", default=None, help="the sandbox directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the directory (logs, host roots) afterwards")
+    parser.add_argument("--simulated", action="store_true",
+                        help="simulated nodes (agent processes) even where a real node could run")
     args = parser.parse_args(argv)
     base = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="secprofiles-sandbox-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the sandbox need on a fresh Debian bookworm machine (as root or with sudo):
 # the container runtime that enforces rendered profiles, the AppArmor parser, strace (the recording tests' oracle),
-# and the Python package.
+# the real node's runtime (containerd, runc, the CNI plugins, iptables; nfacct to remove kube-proxy's counters after
+# a stop), mmdebstrap for the images' Debian-built base when no container registry is reachable, and the Python
+# package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common strace)
+DEB_PACKAGES=(podman runc busybox-static apparmor golang-github-containers-common strace
+              containerd containernetworking-plugins iptables nfacct mmdebstrap)
 missing=()
 for package in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -31,12 +31,15 @@ _FIGURES = pytest.StashKey[list[str]]()
 @pytest.fixture
 def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Record a measured figure (cases tried, faults injected, files checked…); printed in the terminal summary."""
-    figures = request.config.stash.setdefault(_FIGURES, [])
-
     def record(text: str) -> None:
-        figures.append(f"{request.node.nodeid}: {text}")
+        record_figure(request.config, request.node.nodeid, text)
 
     return record
+
+
+def record_figure(config: pytest.Config, source: str, text: str) -> None:
+    """Record a figure from a fixture of any scope (``source`` names where it comes from)."""
+    config.stash.setdefault(_FIGURES, []).append(f"{source}: {text}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -13,7 +13,9 @@ failover); only the holder of the Lease runs the reconciler (``leadership``), so
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +141,7 @@ class Operator:
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             # Explicit, so Kopf never falls back to the heavy official client for credentials.
-            return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+            return kopf.login_with_kubeconfig(**kwargs) or service_address(kopf.login_with_service_account(**kwargs))
 
         @kopf.on.startup(registry=registry)
         async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -175,6 +177,17 @@ class Operator:
         if self.recordings is not None:
             self.recordings.register(registry)
         return registry
+
+
+def service_address(info: kopf.ConnectionInfo | None) -> kopf.ConnectionInfo | None:
+    """Kopf's in-cluster login names ``https://kubernetes.default.svc``, which needs cluster DNS (without it the
+    operator crash-looped); use the ``kubernetes`` Service's address the kubelet gives every pod, as
+    ``Credentials.in_cluster`` does, so the operator depends on no DNS."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is None or not host:
+        return info
+    host = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(info, server=f"https://{host}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}")
 
 
 async def seed(state: ClusterState, api: KubeApi, admission: bool) -> None:
