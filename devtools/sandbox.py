@@ -233,6 +233,16 @@ async def create_bound_pod(sandbox: Sandbox, api: KubeApi, within: float, pod: O
     return pod
 
 
+async def apply_profiles_and_binding(sandbox: Sandbox, api: KubeApi) -> None:
+    """The bundled profiles and the demo ProfileBinding, on simulated and real nodes alike."""
+    sandbox.profiles = bundled_profiles()
+    await install.apply(api, sandbox.profiles, field_manager=FIELD_MANAGER)
+    say(f"applied {len(sandbox.profiles)} bundled profiles from profiles/")
+    await install.apply(api, [demo_binding()], field_manager=FIELD_MANAGER)
+    say(f"applied ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING} (SeccompProfile {BOUND_PROFILE} for pods "
+        "labelled app=demo)")
+
+
 async def start(sandbox: Sandbox, api: KubeApi) -> None:
     """Everything after the control plane, up to the bound demo pod; the caller owns the clean-up (:func:`stop`)."""
     base, cluster = sandbox.base, sandbox.cluster
@@ -263,12 +273,7 @@ async def start(sandbox: Sandbox, api: KubeApi) -> None:
         say(f"node {name}: agent running ({'simulated AppArmor kernel' if apparmor else 'no AppArmor'}; "
             f"host root {directory / 'host'})")
 
-    sandbox.profiles = bundled_profiles()
-    await install.apply(api, sandbox.profiles, field_manager=FIELD_MANAGER)
-    say(f"applied {len(sandbox.profiles)} bundled profiles from profiles/")
-    await install.apply(api, [demo_binding()], field_manager=FIELD_MANAGER)
-    say(f"applied ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING} (SeccompProfile {BOUND_PROFILE} for pods "
-        "labelled app=demo)")
+    await apply_profiles_and_binding(sandbox, api)
     sandbox.demo_pod = await create_bound_pod(sandbox, api, BIND_TIMEOUT)
     context = sandbox.demo_pod["spec"]["containers"][0].get("securityContext") or {}
     say(f"created pod {DEMO_NAMESPACE}/demo without a seccomp profile; the webhook set "
@@ -279,12 +284,7 @@ async def start_real(sandbox: Sandbox, api: KubeApi) -> None:
     """On the real node (secprofiles installed by ``kubectl apply -k``): the profiles, the binding, the document's
     pod bound by the webhook."""
     await objects.ensure_namespace(api, DEMO_NAMESPACE, BINDING_LABEL)
-    sandbox.profiles = bundled_profiles()
-    await install.apply(api, sandbox.profiles, field_manager=FIELD_MANAGER)
-    say(f"applied {len(sandbox.profiles)} bundled profiles from profiles/")
-    await install.apply(api, [demo_binding()], field_manager=FIELD_MANAGER)
-    say(f"applied ProfileBinding {DEMO_NAMESPACE}/{DEMO_BINDING} (SeccompProfile {BOUND_PROFILE} for pods "
-        "labelled app=demo)")
+    await apply_profiles_and_binding(sandbox, api)
     sandbox.demo_pod = await create_bound_pod(sandbox, api, BIND_TIMEOUT, document_pod())
     say(f"created the document's pod {DEMO_NAMESPACE}/demo (chmod 777 /etc/hostname) without a seccomp profile; "
         "the webhook bound it")
