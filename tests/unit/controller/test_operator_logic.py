@@ -172,13 +172,21 @@ class ListingApi:
             raise self.error
         if path == "/api/v1/nodes":
             return {"items": [{"metadata": {"name": "node-1"}}, {"metadata": {"name": "node-2"}}]}
-        return {"items": [report("node-1", {"seccomp/apps/p": "sha256:1"})]}
+        if path.endswith("/nodeprofilestatuses"):
+            return {"items": [report("node-1", {"seccomp/apps/p": "sha256:1"})]}
+        if path.endswith("/seccompprofiles"):
+            return {"items": [{"metadata": {"name": "p", "namespace": "apps", "generation": 1},
+                               "spec": {"defaultAction": "SCMP_ACT_ALLOW"}}]}
+        return {"items": []}
 
 
-async def test_start_up_seeds_nodes_and_reports_before_any_profile() -> None:
+async def test_start_up_seeds_nodes_reports_and_profiles_before_the_first_evaluation() -> None:
+    """Without the webhook too: the reconciler's first batch of renderings must hold every profile, or a bucket's
+    expected digest lacks the profiles Kopf has not delivered yet and its profiles are published Installing."""
     state = ClusterState()
     await seed(state, ListingApi(), admission=False)  # type: ignore[arg-type]
     assert state.view.nodes == {"node-1", "node-2"}
+    assert set(state.profiles) == {"seccomp/apps/p"}
     state.set_rendering("seccomp/apps/p", "sha256:1")  # the reconciler's first evaluations
     assert state.node_counts("seccomp/apps/p") == NodeCounts(2, 1, {})
 
@@ -187,7 +195,7 @@ async def test_start_up_without_the_api_starts_empty_and_says_so(caplog: pytest.
     state = ClusterState()
     await seed(state, ListingApi(OSError("connection refused")), admission=False)  # type: ignore[arg-type]
     assert state.view.nodes == set()
-    assert "starting without the initial node listing (connection refused)" in caplog.text
+    assert "starting without the initial listing (connection refused)" in caplog.text
 
 
 async def test_start_up_with_the_webhook_needs_its_listing() -> None:
