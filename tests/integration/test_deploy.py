@@ -32,6 +32,7 @@ from secprofiles.kube.client import ApiError, Credentials
 from secprofiles.model.evaluate import evaluate_sync
 from secprofiles.resources import object_path, resource_path
 from tests.conftest import REPO, missing_install
+from tests.integration.deployment import applied, forbidden_lines, one
 from tests.integration.kube import node_has
 from tests.integration.processes import AgentProcess, OperatorProcess
 
@@ -45,7 +46,6 @@ LEASE = resource_path("Lease", NS, "secprofiles-operator")
 DENIED = (403,)  # the policies deny with reason Forbidden: never 422, which the agent reads as a lost race
 # Our client says "403 Forbidden: ...", Kopf "Forbidden"/"Not enough permissions". A bare "403" also matches
 # millisecond timestamps and content hashes.
-FORBIDDEN_MARKERS = ("forbidden", "Forbidden", "Not enough permissions")
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +56,9 @@ def rendered() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def installed(devcluster: DevCluster, rendered: list[dict[str, Any]]) -> Iterator[DevCluster]:
-    """ALL of the rendered manifests, server-side applied for real; policies and workloads removed afterwards.
-
-    (The other suites of the session use the agent's service account with unbound tokens; the policies
-    would rightly refuse those. The webhook configuration goes too: it points at a Service, which the dev
-    cluster cannot route to, and the API server must never dial out of the machine.)
-    """
-    devcluster.admin.call(install.apply, rendered)
-    yield devcluster
-    for obj in rendered:
-        if obj["kind"] in ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "Deployment",
-                           "DaemonSet", "MutatingWebhookConfiguration"):
-            devcluster.admin.delete(object_path(obj))
-
-
-def _one(rendered: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in rendered if o["kind"] == kind and o["metadata"]["name"] == name)
+    """ALL of the rendered manifests, server-side applied for real (``deployment.applied``)."""
+    with applied(devcluster, rendered) as cluster:
+        yield cluster
 
 
 def test_everything_applies_and_is_stored(installed: DevCluster, rendered: list[dict[str, Any]]) -> None:
@@ -105,8 +92,8 @@ def test_sandbox_fallback_reads_the_same_objects(rendered: list[dict[str, Any]])
 @pytest.mark.parametrize("overlay", ["seccomp-only", "cert-manager", "kubelet-root"])
 def test_overlays_render(overlay: str) -> None:
     objects = install.render(REPO / "manifests/overlays" / overlay)
-    agent = _one(objects, "DaemonSet", "secprofiles-agent")["spec"]["template"]["spec"]
-    operator = _one(objects, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]
+    agent = one(objects, "DaemonSet", "secprofiles-agent")["spec"]["template"]["spec"]
+    operator = one(objects, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]
     container = agent["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     paths = {v["name"]: v.get("hostPath", {}).get("path") for v in agent["volumes"]}
@@ -158,9 +145,9 @@ def test_operator_meets_restricted_and_agent_needs_privileged(installed: DevClus
             admin.create(resource_path("ServiceAccount", namespace),
                          {"metadata": {"name": account}, "automountServiceAccountToken": False})
         pods, dry_run = resource_path("Pod", namespace), {"dryRun": "All"}
-        operator = _as_pod(_one(rendered, "Deployment", "secprofiles-operator"), namespace)
+        operator = _as_pod(one(rendered, "Deployment", "secprofiles-operator"), namespace)
         assert admin.request("POST", pods, operator, params=dry_run)["metadata"]["name"] == "secprofiles-operator"
-        agent = _as_pod(_one(rendered, "DaemonSet", "secprofiles-agent"), namespace)
+        agent = _as_pod(one(rendered, "DaemonSet", "secprofiles-agent"), namespace)
         with pytest.raises(ApiError) as refused:
             admin.request("POST", pods, agent, params=dry_run)
         assert refused.value.status == 403
@@ -168,17 +155,12 @@ def test_operator_meets_restricted_and_agent_needs_privileged(installed: DevClus
         assert "violates PodSecurity" in message and "hostPath" in message and "MAC_ADMIN" in message
     finally:
         admin.delete(resource_path("Namespace", name=namespace))
-    labels = _one(rendered, "Namespace", NS)["metadata"]["labels"]
+    labels = one(rendered, "Namespace", NS)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
     assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
 
 
 # --------------------------------------------------------------------------- least privilege, proven
-
-
-def _forbidden_lines(log: Path) -> list[str]:
-    return [line for line in log.read_text(errors="replace").splitlines()
-            if any(marker in line for marker in FORBIDDEN_MARKERS)]
 
 
 def _profile(namespace: str, names: list[str]) -> dict[str, Any]:
@@ -258,8 +240,8 @@ def test_operator_and_agent_run_as_their_accounts_without_a_single_403(installed
 
     operator_log = (tmp_path / "operator.log").read_text(errors="replace")
     assert "standalone" not in operator_log.lower(), operator_log[-3000:]
-    assert not _forbidden_lines(tmp_path / "operator.log"), _forbidden_lines(tmp_path / "operator.log")
-    assert not _forbidden_lines(agent.log), _forbidden_lines(agent.log)
+    assert not forbidden_lines(tmp_path / "operator.log"), forbidden_lines(tmp_path / "operator.log")
+    assert not forbidden_lines(agent.log), forbidden_lines(agent.log)
 
     # --- what the agent's identity may NOT do -------------------------------------------------------------
     admin.call(create_node, other, taints=[TAINT])

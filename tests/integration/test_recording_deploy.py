@@ -34,10 +34,10 @@ from devtools.ports import free_port
 from devtools.waiting import eventually
 from secprofiles.kube.client import ApiError, Credentials
 from secprofiles.recording.report import report_name
-from secprofiles.resources import object_path, resource_path
+from secprofiles.resources import resource_path
 from tests.conftest import REPO, missing_install
+from tests.integration.deployment import applied, forbidden_lines, one
 from tests.integration.processes import AgentProcess, OperatorProcess, RecorderProcess
-from tests.integration.test_deploy import FORBIDDEN_MARKERS
 from tests.runtime.conftest import IMAGE, RUN, Runner, podman, recording_possible  # noqa: F401  (fixtures)
 
 pytestmark = [
@@ -56,35 +56,27 @@ def rendered() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def installed(devcluster: DevCluster, rendered: list[dict[str, Any]]) -> Iterator[DevCluster]:
-    """Everything the overlay renders, applied for real; policies, workloads and the webhook removed afterwards."""
-    devcluster.admin.call(install.apply, rendered)
-    yield devcluster
-    for obj in rendered:
-        if obj["kind"] in ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "Deployment",
-                           "DaemonSet", "MutatingWebhookConfiguration"):
-            devcluster.admin.delete(object_path(obj))
-
-
-def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+    """Everything the overlay renders, applied for real (``deployment.applied``)."""
+    with applied(devcluster, rendered) as cluster:
+        yield cluster
 
 
 def test_the_overlay_adds_a_recorder_and_leaves_the_agent_as_it_was(rendered: list[dict[str, Any]]) -> None:
     base = install.render(REPO / "manifests/base")
-    assert _one(rendered, "DaemonSet", "secprofiles-agent") == _one(base, "DaemonSet", "secprofiles-agent")
-    assert _one(base, "ClusterRole", "secprofiles-agent") == _one(rendered, "ClusterRole", "secprofiles-agent")
-    spec = _one(rendered, "DaemonSet", "secprofiles-recorder")["spec"]["template"]["spec"]
+    assert one(rendered, "DaemonSet", "secprofiles-agent") == one(base, "DaemonSet", "secprofiles-agent")
+    assert one(base, "ClusterRole", "secprofiles-agent") == one(rendered, "ClusterRole", "secprofiles-agent")
+    spec = one(rendered, "DaemonSet", "secprofiles-recorder")["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert spec["hostPID"] and spec["hostNetwork"] and spec["serviceAccountName"] == "secprofiles-recorder"
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["AUDIT_READ", "NET_ADMIN"]}
     assert container["securityContext"]["readOnlyRootFilesystem"] and \
         not container["securityContext"]["allowPrivilegeEscalation"]
     assert not [v for v in spec["volumes"] if "hostPath" in v]  # hostPID shows the host's /proc: no mount
-    agent_image = _one(rendered, "DaemonSet", "secprofiles-agent")["spec"]["template"]["spec"]["containers"][0]["image"]
+    agent_image = one(rendered, "DaemonSet", "secprofiles-agent")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert container["image"] == agent_image
-    operator_args = _one(rendered, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]["containers"][0]
+    operator_args = one(rendered, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]["containers"][0]
     assert "--recording" in operator_args["args"]
-    base_args = _one(base, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    base_args = one(base, "Deployment", "secprofiles-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--recording" not in base_args
 
 
@@ -108,7 +100,7 @@ def test_the_recorder_needs_the_privileged_level_like_the_agent(installed: DevCl
     try:
         admin.create(resource_path("ServiceAccount", namespace),
                      {"metadata": {"name": "secprofiles-recorder"}, "automountServiceAccountToken": False})
-        template = _one(rendered, "DaemonSet", "secprofiles-recorder")["spec"]["template"]
+        template = one(rendered, "DaemonSet", "secprofiles-recorder")["spec"]["template"]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "recorder", "namespace": namespace},
                "spec": template["spec"]}
         with pytest.raises(ApiError) as refused:
@@ -117,11 +109,6 @@ def test_the_recorder_needs_the_privileged_level_like_the_agent(installed: DevCl
             "hostNetwork" in refused.value.message
     finally:
         admin.delete(resource_path("Namespace", name=namespace))
-
-
-def _forbidden(log: Path) -> list[str]:
-    return [line for line in log.read_text(errors="replace").splitlines()
-            if any(marker in line for marker in FORBIDDEN_MARKERS)]
 
 
 @pytest.mark.usefixtures("recording_possible")
@@ -135,7 +122,7 @@ def test_operator_agent_and_recorder_record_as_their_accounts_without_a_single_4
     admin.call(create_node, node)
     admin.create(resource_path("Namespace"), {"metadata": {"name": team, "labels": {"secprofiles.io/binding": "enabled"}}})
     port = free_port()
-    config = install.loopback_webhooks(_one(rendered, "MutatingWebhookConfiguration", "secprofiles"), port)
+    config = install.loopback_webhooks(one(rendered, "MutatingWebhookConfiguration", "secprofiles"), port)
     for webhook in config["webhooks"]:  # this test's namespace only
         webhook["namespaceSelector"]["matchExpressions"].append(
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [team]})
@@ -191,7 +178,7 @@ def test_operator_agent_and_recorder_record_as_their_accounts_without_a_single_4
         operator.stop()
         asyncio.run(asyncio.to_thread(_remove_cgroups))
     for log in (tmp_path / "operator.log", agent.log, recorder.log):
-        assert not _forbidden(log), _forbidden(log)
+        assert not forbidden_lines(log), forbidden_lines(log)
 
     # --- what the recorder's identity may NOT do ----------------------------------------------------------
     admin.call(create_node, other)
